@@ -1,0 +1,123 @@
+"""The Cosmos-Predict1 DiT ("GeneralDIT", blocks FA-CA-MLP) as diffusers' `CosmosTransformer3DModel`.
+
+The official network and diffusers' re-implementation compute the same function once three
+details are aligned (measured against the official code in `shared/fixtures/cosmos_predict1`):
+
+1. q/k RMSNorm eps is 1e-6 in the official code (TransformerEngine), 1e-5 in diffusers.
+2. The padding mask is resized to the latent size with NEAREST and concatenated as a 17th input
+   channel. diffusers does this with torchvision and only for a `[1, 1, H, W]` mask; we build the
+   channel ourselves (any batch size, no torchvision) and hand it in as `condition_mask`.
+3. The official network takes fps as a tensor and uses `fps[:1]`; diffusers takes a number.
+
+Sizes live in `DIT_SIZES`; `tiny` is the same architecture at test scale.
+"""
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import CosmosTransformer3DModel
+
+QK_NORM_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class DiTSize:
+    num_attention_heads: int
+    attention_head_dim: int
+    num_layers: int
+    text_embed_dim: int = 1024
+    adaln_lora_dim: int = 256
+    max_size: tuple[int, int, int] = (128, 240, 240)  # latent (T, H, W)
+    rope_scale: tuple[float, float, float] = (2.0, 1.0, 1.0)
+
+    @property
+    def width(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+
+DIT_SIZES: dict[str, DiTSize] = {
+    "7b": DiTSize(num_attention_heads=32, attention_head_dim=128, num_layers=28),
+    "14b": DiTSize(num_attention_heads=40, attention_head_dim=128, num_layers=36, rope_scale=(2.0, 2.0, 2.0)),
+    # same architecture as the fixtures' tiny GeneralDIT: 2 blocks, 2 heads of 32, text dim 32
+    "tiny": DiTSize(
+        num_attention_heads=2, attention_head_dim=32, num_layers=2, text_embed_dim=32, adaln_lora_dim=16,
+        max_size=(16, 32, 32),
+    ),
+}
+
+
+class CosmosDiT(CosmosTransformer3DModel):
+    """`CosmosTransformer3DModel` called the way the official GeneralDIT is called.
+
+    Build it with `build_dit(size)`. `forward` takes the official arguments; LoRA (peft) and
+    checkpoint loading address the diffusers module names (`transformer_blocks.N.attn1.to_q`, ...).
+    """
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, 16, T, H, W], already scaled by c_in(sigma)
+        timesteps: torch.Tensor,  # [B] or [] c_noise = 0.25 ln(sigma)
+        crossattn_emb: torch.Tensor,  # [B, L, D_text]
+        fps: torch.Tensor | float = 24.0,
+        padding_mask: torch.Tensor | None = None,  # [B or 1, 1, H_px, W_px]; zeros when None
+    ) -> torch.Tensor:
+        batch, _, frames, height, width = x.shape
+        if padding_mask is None:
+            mask = x.new_zeros(batch, 1, frames, height, width)
+        else:
+            mask = F.interpolate(padding_mask.float(), size=(height, width), mode="nearest").to(x.dtype)
+            mask = mask.unsqueeze(2).expand(batch, 1, frames, height, width)
+        if isinstance(fps, torch.Tensor):
+            fps = float(fps.reshape(-1)[0])  # NOTE: the official network also uses only fps[:1]
+        timesteps = timesteps.reshape(-1).expand(batch)
+        return super().forward(
+            hidden_states=x,
+            timestep=timesteps,
+            encoder_hidden_states=crossattn_emb,
+            fps=fps,
+            condition_mask=mask,
+            return_dict=False,
+        )[0]
+
+
+def build_dit(size: DiTSize | str, device: torch.device | str | None = None) -> CosmosDiT:
+    """A randomly initialised DiT; on device 'meta' it allocates nothing (for loading)."""
+    size = DIT_SIZES[size] if isinstance(size, str) else size
+    kwargs = asdict(size)
+    with torch.device(device or "cpu"):
+        net = CosmosDiT(
+            in_channels=16 + 1,  # latent channels + the padding-mask channel we concatenate
+            out_channels=16,
+            mlp_ratio=4.0,
+            patch_size=(1, 2, 2),
+            concat_padding_mask=False,
+            extra_pos_embed_type="learnable",
+            **kwargs,
+        )
+    for block in net.transformer_blocks:
+        for attn in (block.attn1, block.attn2):
+            attn.norm_q.eps = attn.norm_k.eps = QK_NORM_EPS
+    return net
+
+
+def size_from_state_dict(state: dict[str, torch.Tensor]) -> DiTSize:
+    """Reads the architecture off official (`net.*`) weights; rope_scale comes from the known sizes."""
+    width = state["net.x_embedder.proj.1.weight"].shape[0]
+    num_layers = 1 + max(int(k.split(".")[2].removeprefix("block")) for k in state if k.startswith("net.blocks.block"))
+    head_dim = state["net.blocks.block0.blocks.0.block.attn.to_q.1.weight"].shape[0]
+    known = {s.width: s for s in DIT_SIZES.values()}
+    rope_scale = known[width].rope_scale if width in known else (2.0, 1.0, 1.0)
+    return DiTSize(
+        num_attention_heads=width // head_dim,
+        attention_head_dim=head_dim,
+        num_layers=num_layers,
+        text_embed_dim=state["net.blocks.block0.blocks.1.block.attn.to_k.0.weight"].shape[1],
+        adaln_lora_dim=state["net.blocks.block0.blocks.0.adaLN_modulation.1.weight"].shape[0],
+        max_size=(
+            state["net.extra_pos_embedder.pos_emb_t"].shape[0],
+            state["net.extra_pos_embedder.pos_emb_h"].shape[0] * 2,
+            state["net.extra_pos_embedder.pos_emb_w"].shape[0] * 2,
+        ),
+        rope_scale=rope_scale,
+    )

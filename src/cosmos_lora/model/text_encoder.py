@@ -1,0 +1,60 @@
+"""The T5 text encoder (google-t5/t5-11b's encoder, 1024-d outputs), as cosmos-predict1 uses it.
+
+Prompts are tokenised to at most 512 tokens; the encoder's outputs past the real tokens are
+zeroed. Embeddings are stored trimmed to the real token count (the official pickle format, see
+`cosmos_lora.data.embeddings`) and zero-padded back to 512 with a mask when used.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, T5EncoderModel
+
+from cosmos_lora.errors import UserError
+
+MAX_TEXT_TOKENS = 512
+
+
+class T5TextEncoder:
+    def __init__(self, folder: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16):
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise UserError(
+                f"No T5 text encoder at {folder} (config.json missing).",
+                "run `cosmos-lora download`, or pass --text-encoder with a T5 checkpoint folder.",
+            )
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = T5EncoderModel.from_pretrained(folder, dtype=dtype).to(self.device).eval().requires_grad_(False)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.d_model
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> list[np.ndarray]:
+        """One float32 `[n_tokens, D]` array per prompt, holding only its real tokens."""
+        batch = self.tokenizer(
+            prompts, max_length=MAX_TEXT_TOKENS, padding="max_length", truncation=True, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        lengths = batch.attention_mask.sum(dim=1).tolist()
+        return [hidden[i, :n].float().cpu().numpy() for i, n in enumerate(lengths)]
+
+    def to(self, device: torch.device | str) -> "T5TextEncoder":
+        self.model.to(device)
+        self.device = torch.device(device)
+        return self
+
+
+def pad_text_embeddings(embeddings: list[np.ndarray], max_len: int = MAX_TEXT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trimmed embeddings -> (`[B, max_len, D]` float32 zero-padded, `[B, max_len]` mask)."""
+    dim = embeddings[0].shape[1]
+    out = torch.zeros(len(embeddings), max_len, dim)
+    mask = torch.zeros(len(embeddings), max_len, dtype=torch.long)
+    for i, emb in enumerate(embeddings):
+        n = min(len(emb), max_len)
+        out[i, :n] = torch.from_numpy(np.asarray(emb[:n], dtype=np.float32))
+        mask[i, :n] = 1
+    return out, mask

@@ -1,0 +1,123 @@
+"""Key map coverage for the real 7B layout, checkpoint round trips, LoRA spec and format round trips."""
+
+import json
+
+import pytest
+import torch
+
+from cosmos_lora.errors import UserError
+from cosmos_lora.model.checkpoint import load_official_dit, official_state_dict, official_to_diffusers
+from cosmos_lora.model.dit import DIT_SIZES, build_dit, size_from_state_dict
+from cosmos_lora.model.edm import LogVarHead
+from cosmos_lora.model.lora import (
+    LoraSpec, add_lora, from_official, load_lora_state, lora_state_dict, read_adapter, save_adapter, spec_for,
+    to_official,
+)
+
+
+def test_every_official_7b_key_maps_onto_the_meta_7b(fixtures_dir):
+    layout = json.loads((fixtures_dir / "dit7b_keys.json").read_text())
+    net = build_dit("7b", device="meta")
+    ours = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    mapped = {}
+    for key, shape in layout["keys"].items():
+        target = official_to_diffusers(key)
+        assert target == layout["diffusers_key_map"][key], key
+        if target is not None:
+            mapped[target] = tuple(shape)
+    assert mapped == ours  # identical shapes, nothing left over on either side
+    assert sum(v.numel() for v in net.parameters()) == layout["num_net_parameters"]
+    meta_state = {k: torch.empty(v, device="meta") for k, v in layout["keys"].items()}
+    assert size_from_state_dict(meta_state) == DIT_SIZES["7b"]
+
+
+def test_14b_sizes_are_read_from_the_state_dict():
+    net = build_dit("14b", device="meta")
+    state = official_state_dict(net, LogVarHead())
+    assert size_from_state_dict(state) == DIT_SIZES["14b"]
+
+
+def test_official_save_then_load_is_exact(tmp_path):
+    torch.manual_seed(0)
+    net, logvar = build_dit("tiny"), LogVarHead()
+    torch.save(official_state_dict(net, logvar), tmp_path / "model.pt")
+    loaded, loaded_logvar = load_official_dit(tmp_path / "model.pt")
+    for (k, a), (k2, b) in zip(net.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    assert torch.equal(logvar.linear.weight, loaded_logvar.linear.weight)
+
+
+def test_loading_a_checkpoint_with_missing_keys_names_them(tmp_path):
+    state = official_state_dict(build_dit("tiny"), LogVarHead())
+    del state["net.final_layer.linear.weight"]
+    state["net.something_else"] = torch.zeros(1)
+    torch.save(state, tmp_path / "model.pt")
+    with pytest.raises(UserError, match=r"1 missing \(proj_out.weight\), 1 unexpected \(net.something_else\)"):
+        load_official_dit(tmp_path / "model.pt")
+
+
+def test_post_trained_nested_checkpoint_loads(tmp_path, fixtures_dir):
+    flat = torch.load(fixtures_dir / "dit_tiny_lora_native.pt", weights_only=True)
+    ema = {k.replace(".", "-"): v * 2 for k, v in flat.items() if "_lora." in k}
+    torch.save({"model": flat, "ema": ema}, tmp_path / "iter_000000100_model.pt")
+    net, _ = load_official_dit(tmp_path / "iter_000000100_model.pt")
+    state, spec = from_official(torch.load(tmp_path / "iter_000000100_model.pt", weights_only=True), scale=1.5)
+    assert spec == LoraSpec(rank=4, scale=1.5, blocks=(0, 1))
+    key = "net.blocks.block1.blocks.1.block.attn.to_v_lora.net.0.weight"
+    assert torch.equal(state["transformer_blocks.1.attn2.to_v.lora_A.weight"], flat[key] * 2)  # EMA wins
+
+
+def _lora_net(spec, seed=0):
+    torch.manual_seed(seed)
+    net = build_dit("tiny")
+    add_lora(net, spec, seed=seed)
+    for p in net.parameters():
+        if p.requires_grad:
+            p.data.normal_()  # a trained-looking adapter (peft starts `up` at zero)
+    return net
+
+
+def test_lora_trains_only_lora_tensors_with_the_configured_shape():
+    spec = spec_for(num_blocks=2, rank=3, scale=2.0, first_blocks=1, extra=("k",))
+    net = _lora_net(spec)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == {f"transformer_blocks.0.{t}.lora_{ab}.default.weight" for t in spec.targets for ab in "AB"}
+    state = lora_state_dict(net)
+    assert state["transformer_blocks.0.attn2.to_v.lora_A.weight"].shape == (3, 32)  # text dim 32 -> rank 3
+
+
+def test_lora_scale_multiplies_the_delta():
+    x = dict(x=torch.randn(1, 16, 2, 8, 8), timesteps=torch.tensor([0.1]), crossattn_emb=torch.randn(1, 5, 32))
+    outs = {}
+    for scale in (1.0, 2.0):
+        net = _lora_net(LoraSpec(rank=2, scale=scale, blocks=(0, 1)))
+        with torch.no_grad():
+            outs[scale] = net(**x)
+            net.disable_adapters()
+            outs["base"] = net(**x)
+    assert not torch.allclose(outs[1.0], outs["base"])
+    assert not torch.allclose(outs[1.0], outs[2.0])
+
+
+def test_adapter_file_round_trips_exactly_in_our_and_the_official_format(tmp_path):
+    spec = LoraSpec(rank=4, scale=1.5, blocks=(0, 1))
+    net = _lora_net(spec)
+    state = lora_state_dict(net)
+    save_adapter(tmp_path / "a.safetensors", state, spec, {"step": 7})
+    read_state, read_spec, metadata = read_adapter(tmp_path / "a.safetensors")
+    assert read_spec == spec and metadata["step"] == "7"
+    assert all(torch.equal(state[k], read_state[k]) for k in state)
+    official_state, official_spec = from_official(to_official(read_state), scale=1.5)
+    assert official_spec == spec
+    assert all(torch.equal(state[k], official_state[k]) for k in state)
+    fresh = _lora_net(spec, seed=1)
+    load_lora_state(fresh, official_state)
+    assert all(torch.equal(state[k], v) for k, v in lora_state_dict(fresh).items())
+
+
+def test_adapter_with_a_rank_other_than_its_spec_is_refused(tmp_path):
+    spec = LoraSpec(rank=4, scale=1.0, blocks=(0, 1))
+    state = lora_state_dict(_lora_net(spec))
+    save_adapter(tmp_path / "a.safetensors", state, LoraSpec(rank=8, scale=1.0, blocks=(0, 1)))
+    with pytest.raises(UserError, match="rank 4, the spec says 8"):
+        read_adapter(tmp_path / "a.safetensors")
