@@ -131,7 +131,9 @@ def load_official_dit(
     net.load_state_dict(network, strict=True, assign=True)
     logvar = LogVarHead()
     logvar.load_official_state(logvar_state, path)
-    net.to(device=device, dtype=dtype)
+    # nn.Module.to: diffusers' own `.to` would warn that it keeps no fp32 modules; the official
+    # inference casts the whole network, learnable position embeddings included.
+    torch.nn.Module.to(net, device=device, dtype=dtype)
     logvar.to(device=device)
     return net, logvar
 

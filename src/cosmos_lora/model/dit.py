@@ -12,11 +12,13 @@ details are aligned (measured against the official code in `shared/fixtures/cosm
 Sizes live in `DIT_SIZES`; `tiny` is the same architecture at test scale.
 """
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers import CosmosTransformer3DModel
+from torch.utils.checkpoint import checkpoint
 
 QK_NORM_EPS = 1e-6
 
@@ -121,3 +123,15 @@ def size_from_state_dict(state: dict[str, torch.Tensor]) -> DiTSize:
         ),
         rope_scale=rope_scale,
     )
+
+
+def enable_activation_checkpointing(net: CosmosDiT, fraction: float) -> int:
+    """Recompute the first `fraction` of the blocks in backward; returns how many blocks.
+
+    Wrapping `forward` on the block instances keeps module names (and so LoRA and checkpoint
+    keys) unchanged.
+    """
+    count = round(fraction * len(net.transformer_blocks))
+    for block in list(net.transformer_blocks)[:count]:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+    return count

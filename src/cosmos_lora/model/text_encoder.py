@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import AutoTokenizer, T5EncoderModel
+from transformers.utils import logging as transformers_logging
 
 from cosmos_lora.errors import UserError
 
@@ -25,6 +26,7 @@ class T5TextEncoder:
                 "run `cosmos-lora download`, or pass --text-encoder with a T5 checkpoint folder.",
             )
         self.device = torch.device(device)
+        transformers_logging.disable_progress_bar()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = T5EncoderModel.from_pretrained(folder, dtype=dtype).to(self.device).eval().requires_grad_(False)
 
@@ -47,14 +49,3 @@ class T5TextEncoder:
         self.device = torch.device(device)
         return self
 
-
-def pad_text_embeddings(embeddings: list[np.ndarray], max_len: int = MAX_TEXT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trimmed embeddings -> (`[B, max_len, D]` float32 zero-padded, `[B, max_len]` mask)."""
-    dim = embeddings[0].shape[1]
-    out = torch.zeros(len(embeddings), max_len, dim)
-    mask = torch.zeros(len(embeddings), max_len, dtype=torch.long)
-    for i, emb in enumerate(embeddings):
-        n = min(len(emb), max_len)
-        out[i, :n] = torch.from_numpy(np.asarray(emb[:n], dtype=np.float32))
-        mask[i, :n] = 1
-    return out, mask

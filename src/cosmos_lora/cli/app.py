@@ -1,0 +1,35 @@
+"""The `cosmos-lora` command: global options, then one subcommand per stage (each in its own module)."""
+
+from pathlib import Path
+
+import typer
+
+from cosmos_lora.cli import demo, download, embed, infer, posttrain, prepare
+from cosmos_lora.paths import Roots
+
+app = typer.Typer(
+    name="cosmos-lora",
+    help="LoRA post-training and inference for NVIDIA Cosmos-Predict1-7B-Text2World.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,  # locals may hold tokens
+    add_completion=False,
+)
+
+
+@app.callback()
+def roots(
+    ctx: typer.Context,
+    checkpoints_dir: Path = typer.Option(None, envvar="COSMOS_LORA_CHECKPOINTS", help="Model weights root [default: ./checkpoints]."),
+    datasets_dir: Path = typer.Option(None, envvar="COSMOS_LORA_DATASETS", help="Datasets root [default: ./datasets]."),
+    outputs_dir: Path = typer.Option(None, envvar="COSMOS_LORA_OUTPUTS", help="Runs and videos root [default: ./outputs]."),
+) -> None:
+    ctx.obj = Roots.from_env(checkpoints_dir, datasets_dir, outputs_dir)
+
+
+for module in (download, prepare, embed, posttrain, infer, demo):
+    module.register(app)
+
+
+def main() -> None:
+    app()

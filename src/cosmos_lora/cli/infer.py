@@ -1,0 +1,92 @@
+"""`cosmos-lora infer`: videos from the base model and the LoRA, side by side."""
+
+from pathlib import Path
+
+import typer
+
+from cosmos_lora.cli.output import examples, guarded, note, result
+
+MODEL_PRESETS = {"7b": "text2world_7b_lora", "tiny": "tiny_lora"}
+
+
+def infer(
+    ctx: typer.Context,
+    run: str = typer.Option(None, help="Run name (in <outputs>/runs) or folder: its adapter, model and size."),
+    step: int = typer.Option(None, help="The run's adapter at this step [default: latest]."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the run saved them."),
+    lora: Path = typer.Option(None, help="A LoRA file instead of --run: ours (.safetensors) or an official .pt."),
+    lora_scale: float = typer.Option(1.0, help="Multiplies the adapter's trained scale."),
+    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="A prompt (repeatable)."),
+    prompts_file: Path = typer.Option(None, help=".txt (one per line) or .jsonl (prompt, negative_prompt, seed, name)."),
+    negative_prompt: str = typer.Option(None, help="Unconditional branch [default: the official negative prompt]."),
+    num_videos: int = typer.Option(1, help="Videos per prompt (seeds seed..seed+K-1)."),
+    seed: int = typer.Option(0, help="First seed."),
+    stages: str = typer.Option("both", help="original, lora or both."),
+    steps: int = typer.Option(35, help="Denoising steps."),
+    guidance: float = typer.Option(7.0, help="Classifier-free guidance."),
+    fps: float = typer.Option(24.0, help="Frame rate (conditions the model and the mp4)."),
+    resolution: tuple[int, int] = typer.Option((None, None), help="Height and width [default: the run's, else 704 1280]."),
+    frames: int = typer.Option(None, help="Frames, 1+8k [default: the run's, else 121]."),
+    model: str = typer.Option("7b", help="7b or tiny, when no --run gives the model."),
+    name: str = typer.Option(None, help="Output folder name under <outputs>/infer [default: the run or LoRA name]."),
+    nproc: int = typer.Option(None, help="Processes (one per GPU) [default: visible GPUs, 1 on CPU]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that exist already."),
+) -> None:
+    """Generate every prompt x seed with the base model and/or the LoRA, models loaded once.
+
+    Writes <outputs>/infer/<name>/{original,lora,compare}/<prompt>/seed_<k>.mp4 with prompt.txt and
+    seed_<k>.json beside them, and index.html showing every comparison.
+    """
+    from cosmos_lora.config import load_preset
+    from cosmos_lora.distributed import run_torchrun, torchrun_command, visible_gpus
+    from cosmos_lora.errors import UserError
+    from cosmos_lora.infer import adapters
+    from cosmos_lora.infer.pipeline import InferSettings, check_settings
+    from cosmos_lora.infer.prompts import STAGES, read_prompts
+    from cosmos_lora.infer.run import save_plan
+
+    if stages not in STAGES:
+        raise UserError(f"Unknown --stages {stages!r}.", "use original, lora or both.")
+    if run and lora:
+        raise UserError("--run and --lora both choose the LoRA.", "give only one of them.")
+    roots = ctx.obj
+    adapter = None
+    if run:
+        run_dir = adapters.resolve_run(run, roots.outputs / "runs")
+        adapter = adapters.from_run(run_dir, step, ema)
+        config = load_preset(run_dir / "config.yaml")
+    else:
+        if model not in MODEL_PRESETS:
+            raise UserError(f"Unknown --model {model!r}.", f"use one of {', '.join(MODEL_PRESETS)}.")
+        config = load_preset(MODEL_PRESETS[model])
+        adapter = adapters.from_file(lora) if lora else None
+    m = config.model
+    height, width = resolution if resolution[0] else m.resolution
+    settings = InferSettings(
+        out_dir=roots.outputs / "infer" / (name or (Path(run).name if run else lora.stem if lora else "base")),
+        dit=roots.checkpoints / m.dit, tokenizer=roots.checkpoints / m.tokenizer, text_encoder=roots.checkpoints / m.text_encoder,
+        pixel_chunk_duration=m.pixel_chunk_duration, stages=stages, steps=steps, guidance=guidance, fps=fps,
+        height=height, width=width, frames=frames or m.num_frames, precision=m.precision, overwrite=overwrite,
+        adapter_file=adapter.source if adapter else None, lora_scale=lora_scale,
+    )
+    check_settings(settings)
+    if adapter:
+        note(f"LoRA: {adapter.summary()}")
+    plan = save_plan(settings, read_prompts(prompt or [], prompts_file, negative_prompt), num_videos, seed)
+    processes = nproc or visible_gpus() or 1
+    if processes == 1:
+        from cosmos_lora.infer.run import run_plan
+        from cosmos_lora.distributed import init_distributed
+
+        run_plan(plan, init_distributed())
+    elif run_torchrun(torchrun_command("cosmos_lora.infer.run", [str(plan)], processes)) != 0:
+        raise UserError("Inference failed in a worker; see the messages above.", "rerun the same command: finished videos are kept.")
+    result(str(settings.out_dir))
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog=examples(
+        'cosmos-lora infer --run vript-sports_r16_iter1000_bs1_accum4_scale2_lr1e-04_seed0 --prompt "A surfer rides a wave" --stages both',
+        "cosmos-lora infer --run <run> --prompts-file prompts.txt --num-videos 4 --step 500 --no-ema",
+        "cosmos-lora infer --lora iter_000001000_model.pt --prompts-file prompts.jsonl --stages lora",
+    ))(guarded(infer))

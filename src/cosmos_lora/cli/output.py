@@ -1,0 +1,50 @@
+"""All printing: results for scripts on stdout, progress and hints for people on stderr.
+
+Commands raise `UserError` for user mistakes; `guarded` turns it into one red line on stderr and
+exit code 1 (COSMOS_LORA_DEBUG=1 re-raises it with the traceback).
+"""
+
+import functools
+import json
+import os
+
+import typer
+from rich.console import Console
+
+from cosmos_lora.errors import UserError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def guarded(command):
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            if os.environ.get("COSMOS_LORA_DEBUG"):
+                raise
+            err.print(f"[bold red]Error:[/] {error.problem}", markup=True)
+            if error.fix:
+                err.print(f"[bold]Fix:[/] {error.fix}", markup=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def result(text: str) -> None:
+    out.print(text, markup=False)
+
+
+def result_json(payload: dict) -> None:
+    print(json.dumps(payload, indent=1, default=str))
+
+
+def note(text: str) -> None:
+    err.print(text, markup=False)
+
+
+def examples(*commands: str) -> str:
+    """An epilog listing real commands (one per line in --help)."""
+    return "[bold]Examples[/]\n\n" + "\n\n".join(f"  $ {c}" for c in commands)

@@ -1,0 +1,100 @@
+"""`cosmos-lora posttrain`: build the experiment, check the inputs, launch torchrun."""
+
+from pathlib import Path
+
+import typer
+
+from cosmos_lora.cli.output import examples, guarded, note, result
+
+# CLI option -> config key; `-- key=value` overrides reach every other key
+OPTION_KEYS = {
+    "rank": "model.lora.rank",
+    "scale": "model.lora.scale",
+    "first_blocks": "model.lora.first_blocks",
+    "lr": "optimizer.lr",
+    "max_iter": "trainer.max_iter",
+    "epochs": "trainer.epochs",
+    "batch_size": "dataloader_train.batch_size",
+    "grad_accum": "trainer.grad_accum",
+    "seed": "job.seed",
+    "save_every": "checkpoint.save_every",
+}
+MODEL_PRESETS = {"7b": "text2world_7b_lora", "tiny": "tiny_lora"}
+
+
+def posttrain(
+    ctx: typer.Context,
+    dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset COLLECTION/DOMAIN inside the datasets root."),
+    config: str = typer.Option(None, help="Preset name or config file (.py, or a run's config.yaml)."),
+    model: str = typer.Option("7b", help="7b or tiny: picks the preset when --config is not given."),
+    rank: int = typer.Option(None, help="LoRA rank [preset: 8]."),
+    scale: float = typer.Option(None, help="LoRA multiplier, official semantics: delta = scale * up(down(x)) [preset: 1]."),
+    alpha: float = typer.Option(None, help="Alternative to --scale in peft terms: scale = alpha / rank."),
+    extra_targets: list[str] = typer.Option(None, "--target", help="Extra LoRA targets besides q/v: k, out, mlp (repeatable)."),
+    first_blocks: int = typer.Option(None, help="LoRA on the first N blocks only [default: all]."),
+    lr: float = typer.Option(None, help="Learning rate [preset: 1e-4]."),
+    max_iter: int = typer.Option(None, help="Optimizer steps (not micro-batches)."),
+    epochs: float = typer.Option(None, help="Alternative to --max-iter: passes over the dataset."),
+    batch_size: int = typer.Option(None, help="Clips per GPU per micro-step [preset: 1]."),
+    grad_accum: int = typer.Option(None, help="Micro-steps per optimizer step [preset: 1]."),
+    seed: int = typer.Option(None, help="Seed for LoRA init, data order and noise [preset: 0]."),
+    save_every: int = typer.Option(None, help="Save adapters and state every N steps [preset: 100]."),
+    name: str = typer.Option(None, help="Run name [default: derived from the hyper-parameters]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest saved state."),
+    nproc: int = typer.Option(None, help="Processes per node [default: visible GPUs, 1 on CPU]."),
+    nnodes: int = typer.Option(1, help="Nodes (multi-node needs --node-rank and --rdzv-endpoint)."),
+    node_rank: int = typer.Option(0, help="This node's index."),
+    rdzv_endpoint: str = typer.Option(None, help="host:port of the rendezvous (node 0)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and torchrun command; start nothing."),
+) -> None:
+    """Train a LoRA on a dataset with the official recipe, on every GPU of this machine (DDP).
+
+    Anything in the config can be changed after `--`: `-- trainer.max_iter=200 optimizer.lr=5e-5`.
+    The run folder holds config.yaml (rerun with --config), adapters/, state/, metrics.csv.
+    """
+    from cosmos_lora.config.experiment import to_yaml
+    from cosmos_lora.errors import UserError
+    from cosmos_lora.train import launch as launcher
+
+    if scale is not None and alpha is not None:
+        raise UserError("--scale and --alpha set the same thing.", "give only one of them.")
+    if max_iter is not None and epochs is not None:
+        raise UserError("--max-iter and --epochs both set the training length.", "give only one of them.")
+    if model not in MODEL_PRESETS:
+        raise UserError(f"Unknown --model {model!r}.", f"use one of {', '.join(MODEL_PRESETS)}.")
+    if nnodes > 1 and not rdzv_endpoint:
+        raise UserError("Multi-node training needs a rendezvous address.", "pass --rdzv-endpoint HOST:PORT (node 0).")
+    values = {"rank": rank, "scale": scale, "first_blocks": first_blocks, "lr": lr, "max_iter": max_iter, "epochs": epochs,
+              "batch_size": batch_size, "grad_accum": grad_accum, "seed": seed, "save_every": save_every}
+    options = {OPTION_KEYS[k]: v for k, v in values.items() if v is not None}
+    if extra_targets:
+        options["model.lora.extra_targets"] = list(extra_targets)
+    run = launcher.Launch(nproc or launcher.default_nproc(), nnodes, node_rank, rdzv_endpoint)
+    experiment = launcher.build_experiment(
+        config or MODEL_PRESETS[model], ctx.obj, dataset, options, list(ctx.args), name, run, alpha
+    )
+    if dry_run:
+        result(to_yaml(experiment))
+        result(launcher.describe_command(Path(experiment.job.run_dir), run))
+        return
+    launcher.check_inputs(experiment)
+    run_dir = launcher.prepare_run_dir(experiment, resume)
+    note(f"Run folder: {run_dir}")
+    code, status = launcher.launch_training(run_dir, run)
+    ok, message = launcher.outcome_message(run_dir, code, status, f"cosmos-lora posttrain --config {run_dir / 'config.yaml'} --resume")
+    if not ok:
+        raise UserError(message)
+    note(message)
+    result(str(run_dir))
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        context_settings={"allow_extra_args": True},
+        epilog=examples(
+            "cosmos-lora posttrain --dataset vript/sports --rank 16 --scale 2 --lr 1e-4 --grad-accum 4 --epochs 3",
+            "cosmos-lora posttrain --dataset vript/sports --dry-run -- trainer.max_iter=200 model.activation_checkpointing=0.5",
+            "cosmos-lora posttrain --config outputs/runs/<run>/config.yaml --resume",
+            "cosmos-lora posttrain --model tiny --dataset demo/shapes --nproc 2",
+        ),
+    )(guarded(posttrain))

@@ -1,0 +1,91 @@
+"""Building an experiment: preset + CLI options + `key=value` overrides -> one resolved tree.
+
+Presets are Python files in the project's `configs/` folder (or COSMOS_LORA_CONFIGS) that define
+`config`, a LazyDict. The saved `config.yaml` of a run is itself a valid `--config` input, so a
+run can always be repeated from its folder.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from cosmos_lora.config.lazy import LazyDict
+from cosmos_lora.errors import UserError
+from cosmos_lora.paths import atomic_path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+def configs_dir() -> Path:
+    return Path(os.environ.get("COSMOS_LORA_CONFIGS", PROJECT_ROOT / "configs"))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in configs_dir().glob("*.py") if not p.stem.startswith("_"))
+
+
+def load_preset(name_or_path: str | Path) -> LazyDict:
+    """A preset by name (`tiny_lora`) or a config file (`.py` defining `config`, or a saved `.yaml`)."""
+    path = Path(name_or_path)
+    if path.suffix not in (".py", ".yaml", ".yml"):
+        path = configs_dir() / f"{name_or_path}.py"
+    if not path.is_file():
+        raise UserError(
+            f"No config {name_or_path!r} (looked for {path}).",
+            f"use one of the presets {preset_names()} or the path of a run's config.yaml.",
+        )
+    if path.suffix in (".yaml", ".yml"):
+        return OmegaConf.load(path)
+    spec = importlib.util.spec_from_file_location(f"cosmos_lora_preset_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return OmegaConf.create(OmegaConf.to_container(module.config))  # a private copy
+
+
+def apply_overrides(config: LazyDict, overrides: dict[str, object] | list[str]) -> LazyDict:
+    """Sets existing keys only: `optimizer.lr=5e-5` works, a typo like `optimiser.lr=...` is refused."""
+    pairs = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+    for key, value in pairs:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(config, parent) if parent else config
+        if not OmegaConf.is_dict(node) or leaf not in node:
+            raise UserError(f"Unknown config key {key!r}.", "print the tree with `posttrain --dry-run` and use a key from it.")
+        try:
+            OmegaConf.update(config, key, value, merge=False)
+        except (ConfigKeyError, OmegaConfBaseException) as error:
+            raise UserError(f"Cannot set {key!r}: {error}.") from error
+    return config
+
+
+def _split_override(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"Override {text!r} is not key=value.", "write it like `optimizer.lr=5e-5`, after `--`.")
+    return key.strip(), yaml.safe_load(raw) if raw else None
+
+
+def resolved(config: LazyDict) -> LazyDict:
+    """Interpolations filled in, so the saved file states every value."""
+    try:
+        return OmegaConf.create(OmegaConf.to_container(config, resolve=True))
+    except OmegaConfBaseException as error:
+        raise UserError(f"The config does not resolve: {error}.") from error
+
+
+def save_config(config: LazyDict, path: Path) -> None:
+    """Atomic YAML write, read back once to prove it round-trips."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    tmp.write_text(OmegaConf.to_yaml(config))
+    if OmegaConf.load(tmp) != config:
+        tmp.unlink()
+        raise RuntimeError(f"config did not round-trip through YAML: {path}")
+    tmp.replace(path)
+
+
+def to_yaml(config: LazyDict) -> str:
+    return OmegaConf.to_yaml(config)

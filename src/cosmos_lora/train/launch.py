@@ -1,0 +1,150 @@
+"""From CLI options to a running job: build and save the experiment, check inputs, start torchrun.
+
+Everything that can be wrong with the user's input is found here, before any process starts.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cosmos_lora.config import LazyDict, apply_overrides, load_preset, resolved, save_config
+from cosmos_lora.data.dataset import require_valid_dataset
+from cosmos_lora.data.layout import DatasetLayout
+from cosmos_lora.distributed import launched_by_torchrun, run_torchrun, torchrun_command, visible_gpus
+from cosmos_lora.errors import UserError
+from cosmos_lora.model.tokenizer import TOKENIZER_FILES
+from cosmos_lora.paths import Roots, check_dataset_name
+from cosmos_lora.train.run_name import run_name
+from cosmos_lora.train.status import read_status
+from cosmos_lora.train.worker import EXIT_INTERRUPTED
+
+WORKER = "cosmos_lora.train.worker"
+
+
+@dataclass(frozen=True)
+class Launch:
+    nproc: int
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+
+def default_nproc() -> int:
+    return visible_gpus() or 1
+
+
+def build_experiment(
+    source: str, roots: Roots, dataset: str | None, options: dict, overrides: list[str], name: str | None,
+    launch: Launch, alpha: float | None = None,
+) -> LazyDict:
+    """Preset (or saved config) + options + overrides, with the dataset, paths and run folder filled in.
+
+    `alpha` is peft's spelling of the LoRA multiplier: scale = alpha / rank.
+    """
+    config = load_preset(source)
+    apply_overrides(config, {k: v for k, v in options.items() if v is not None})
+    apply_overrides(config, overrides)
+    if alpha is not None:
+        config.model.lora.scale = alpha / config.model.lora.rank
+    dataset = check_dataset_name(dataset or config.job.dataset or _missing_dataset())
+    config.job.dataset = dataset
+    if name is not None:
+        config.job.name = name
+    config.model.checkpoints_dir = str(roots.checkpoints)
+    config.job.runs_dir = str(roots.outputs / "runs")
+    config.dataloader_train.dataset.root = str(roots.dataset(dataset))
+    if config.trainer.epochs:
+        config.trainer.max_iter = _steps_for_epochs(config, launch.world_size)
+    config = resolved(config)
+    config.job.run_dir = str(Path(config.job.runs_dir) / (config.job.name or _derived_name(config)))
+    return config
+
+
+def _missing_dataset():
+    raise UserError("No dataset given.", "pass --dataset COLLECTION/DOMAIN (a folder inside the datasets root).")
+
+
+def _derived_name(config: LazyDict) -> str:
+    return run_name(
+        config.job.dataset, config.model.lora.rank, config.trainer.max_iter, config.dataloader_train.batch_size,
+        config.trainer.grad_accum, config.model.lora.scale, config.optimizer.lr, config.job.seed,
+    )
+
+
+def _steps_for_epochs(config: LazyDict, world_size: int) -> int:
+    clips = len(DatasetLayout(Path(config.dataloader_train.dataset.root)).clips())
+    per_step = world_size * config.dataloader_train.batch_size * config.trainer.grad_accum
+    steps_per_epoch = clips // per_step
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"{clips} clips do not fill one step of {world_size} processes x batch "
+            f"{config.dataloader_train.batch_size} x accumulation {config.trainer.grad_accum}.",
+            "lower --grad-accum or --batch-size, or add clips.",
+        )
+    return round(config.trainer.epochs * steps_per_epoch)
+
+
+def check_inputs(config: LazyDict) -> None:
+    """Checkpoints present and the dataset valid: all problems before any process starts."""
+    checkpoints = Path(config.model.checkpoints_dir)
+    dit = checkpoints / config.model.dit
+    if not dit.is_file():
+        raise UserError(f"No DiT checkpoint at {dit}.", "run `cosmos-lora download`, or set --checkpoints-dir.")
+    tokenizer = checkpoints / config.model.tokenizer
+    missing = [f for f in TOKENIZER_FILES if not (tokenizer / f).is_file()]
+    if missing:
+        raise UserError(f"The tokenizer folder {tokenizer} lacks {', '.join(missing)}.", "run `cosmos-lora download`.")
+    height, width = config.model.resolution
+    if height % 16 or width % 16 or (config.model.num_frames - 1) % 8:
+        raise UserError(
+            f"Training size {config.model.num_frames}x{height}x{width} is not 1+8k frames of multiples of 16.",
+            "use e.g. 121 frames at 704x1280.",
+        )
+    require_valid_dataset(Path(config.dataloader_train.dataset.root), config.model.num_frames, height, width, config.job.dataset)
+
+
+def prepare_run_dir(config: LazyDict, resume: bool) -> Path:
+    """Creates the run folder with its config.yaml; refuses to reuse one unless resuming."""
+    run_dir = Path(config.job.run_dir)
+    saved = run_dir / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise UserError(f"Nothing to resume in {run_dir}.", "start it without --resume.")
+        return run_dir
+    if run_dir.exists():
+        raise UserError(
+            f"Run folder {run_dir} exists already.", "pass --resume to continue it, or --name NEW to start another run."
+        )
+    save_config(config, saved)
+    return run_dir
+
+
+def launch_training(run_dir: Path, launch: Launch) -> tuple[int, dict | None]:
+    """Runs the workers (through torchrun, or in this process when already under a launcher)."""
+    config_path = str(run_dir / "config.yaml")
+    if launched_by_torchrun():
+        from cosmos_lora.train.worker import main
+
+        code = main(config_path)
+    else:
+        code = run_torchrun(torchrun_command(WORKER, [config_path], launch.nproc, launch.nnodes, launch.node_rank, launch.rdzv_endpoint))
+    return code, read_status(run_dir)
+
+
+def outcome_message(run_dir: Path, code: int, status: dict | None, resume_hint: str) -> tuple[bool, str]:
+    state = (status or {}).get("state")
+    step = (status or {}).get("step", 0)
+    if code == 0 and state == "finished":
+        return True, f"Finished {step} steps. Adapters: {run_dir / 'adapters'}"
+    if state == "interrupted" or code == EXIT_INTERRUPTED:
+        return False, f"Interrupted after step {step}; the state is saved. Resume with: {resume_hint}"
+    return False, f"Training failed (exit code {code}) at step {step}; see the messages above. Run folder: {run_dir}"
+
+
+def describe_command(run_dir: Path, launch: Launch) -> str:
+    return " ".join(
+        torchrun_command(WORKER, [str(run_dir / "config.yaml")], launch.nproc, launch.nnodes, launch.node_rank, launch.rdzv_endpoint)
+    )

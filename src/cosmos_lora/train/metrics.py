@@ -1,0 +1,84 @@
+"""Training metrics: `metrics.csv`, TensorBoard events, and what the user sees (rank 0 only).
+
+On a terminal a rich progress bar shows step/total, smoothed loss, lr, s/step, ETA and GPU
+memory; otherwise (logs, CI, `nohup`) one plain line per logged step. Diffusion losses fall
+slowly and the official uncertainty term makes them negative at times: both are normal.
+"""
+
+import csv
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+COLUMNS = ["step", "loss", "loss_smoothed", "lr", "grad_norm", "s_per_step", "samples_per_s", "gpu_mem_gb"]
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool):
+        self.enabled = enabled
+        self.smoothed: float | None = None
+        if not enabled:
+            return
+        self.csv_path = Path(run_dir) / "metrics.csv"
+        self._truncate_after(start_step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1)
+        self.console = Console(stderr=True)
+        self.progress = None
+        if self.console.is_terminal:
+            self.progress = Progress(
+                TextColumn("[bold]posttrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
+            )
+            self.task = self.progress.add_task("train", total=total_steps, completed=start_step, status="")
+            self.progress.start()
+        self.total_steps = total_steps
+
+    def _truncate_after(self, step: int) -> None:
+        """A resumed run rewrites the rows it will log again."""
+        rows = []
+        if self.csv_path.is_file():
+            with open(self.csv_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        with open(self.csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.smoothed = values["loss"] if self.smoothed is None else 0.9 * self.smoothed + 0.1 * values["loss"]
+        row = {"step": step, "loss_smoothed": self.smoothed, **values}
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=COLUMNS).writerow({k: _fmt(row.get(k)) for k in COLUMNS})
+        for key, value in row.items():
+            if key != "step" and value is not None:
+                self.tensorboard.add_scalar(f"train/{key}", value, step)
+        status = (
+            f"loss {self.smoothed:.4f}  lr {values['lr']:.2e}  {values['s_per_step']:.2f} s/step"
+            + (f"  {values['gpu_mem_gb']:.1f} GB" if values.get("gpu_mem_gb") else "")
+        )
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, status=status)
+        else:
+            print(f"step {step}/{self.total_steps}  {status}", file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            (self.console.print(text) if self.progress is None else self.progress.console.print(text))
+
+    def close(self) -> None:
+        if self.enabled:
+            if self.progress is not None:
+                self.progress.stop()
+            self.tensorboard.close()
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

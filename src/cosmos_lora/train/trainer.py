@@ -1,0 +1,270 @@
+"""The LoRA post-training loop. One `Trainer` per process; torchrun starts one process per GPU.
+
+The constructor reads as the recipe: device, seed, data, model, LoRA, DDP, optimizer, scheduler,
+EMA, checkpointer, resume. `train()` runs optimizer steps; one step is `grad_accum` micro-batches
+with the DDP all-reduce only on the last one.
+"""
+
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from cosmos_lora.config import LazyDict, instantiate
+from cosmos_lora.errors import UserError
+from cosmos_lora.model.checkpoint import load_official_dit
+from cosmos_lora.model.dit import enable_activation_checkpointing
+from cosmos_lora.model.edm import SIGMA_DATA, sample_training_sigma, training_loss
+from cosmos_lora.model.lora import add_lora, adapter_summary, lora_parameters, lora_state_dict, spec_for
+from cosmos_lora.model.tokenizer import VideoTokenizer
+from cosmos_lora.train.checkpointer import Checkpointer, base_fingerprint
+from cosmos_lora.distributed import Distributed
+from cosmos_lora.train.ema import PowerEMA
+from cosmos_lora.train.metrics import MetricsLogger
+from cosmos_lora.train.status import write_status
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way, so a resume sees the same batches."""
+
+    start_index = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start_index :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start_index
+
+
+class Trainer:
+    def __init__(self, config: LazyDict, dist_info: Distributed):
+        self.config, self.dist, self.device = config, dist_info, dist_info.device
+        self.run_dir = Path(config.job.run_dir)
+        self.dtype = PRECISIONS[config.model.precision]
+        seed = config.job.seed
+
+        # data: every rank reads its own shard, in an order fixed by the seed
+        self.dataset = instantiate(config.dataloader_train.dataset)
+        self.batch_size = config.dataloader_train.batch_size
+        if len(self.dataset) < self.dist.world_size * self.batch_size:
+            raise UserError(
+                f"{len(self.dataset)} clips cannot fill {self.dist.world_size} processes x batch {self.batch_size}.",
+                "add clips, or lower --nproc or --batch-size.",
+            )
+        self.sampler = ResumableDistributedSampler(
+            self.dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.loader = DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
+            num_workers=config.dataloader_train.num_workers, pin_memory=config.dataloader_train.pin_memory,
+            persistent_workers=False,
+        )
+
+        # model: frozen base in the run's precision, fp32 LoRA on top
+        checkpoints = Path(config.model.checkpoints_dir)
+        dit_path = checkpoints / config.model.dit
+        self.net, self.logvar = load_official_dit(dit_path, device=self.device, dtype=self.dtype)
+        self.tokenizer = VideoTokenizer(
+            checkpoints / config.model.tokenizer, self.device, self.dtype, config.model.pixel_chunk_duration
+        )
+        lora = config.model.lora
+        self.spec = spec_for(len(self.net.transformer_blocks), lora.rank, lora.scale, lora.first_blocks, tuple(lora.extra_targets))
+        add_lora(self.net, self.spec, seed=seed)
+        self.recomputed_blocks = enable_activation_checkpointing(self.net, config.model.activation_checkpointing)
+        self.params = lora_parameters(self.net)
+        self.model = (
+            DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if dist_info.enabled else self.net
+        )
+
+        self.optimizer = instantiate(config.optimizer, params=list(self.params.values()))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, instantiate(config.scheduler))
+        self.ema = PowerEMA(self.params, config.trainer.ema.sigma_rel) if config.trainer.ema.enabled else None
+        self.noise_generator = torch.Generator().manual_seed(seed * 1_000_003 + dist_info.rank)
+        self.checkpointer = Checkpointer(
+            self.run_dir, dist_info, self.spec, config.checkpoint.keep_states,
+            {"base_fingerprint": base_fingerprint(dit_path), "base": config.model.dit},
+        )
+
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self._resume()
+        self.metrics = MetricsLogger(self.run_dir, config.trainer.max_iter, self.step, dist_info.is_main)
+        self.stop_requested = False
+        self._log_summary()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def train(self) -> str:
+        """Runs to max_iter; returns 'finished' or 'interrupted' (after saving)."""
+        self._install_signal_handlers()
+        write_status(self.run_dir, "running", self.step, self.dist)
+        self._start_epoch()
+        max_iter, save_every = self.config.trainer.max_iter, self.config.checkpoint.save_every
+        while self.step < max_iter:
+            started = time.perf_counter()
+            loss, grad_norm = self.train_step()
+            self.step += 1
+            loss_value = loss.item()  # a GPU sync point, once per optimizer step
+            if not math.isfinite(loss_value):
+                self._fail_on_nonfinite(loss_value)
+            self._log(loss_value, grad_norm, time.perf_counter() - started)
+            if self.step % save_every == 0 or self.step == max_iter:
+                self.save()
+            if self._should_stop():
+                if self.step % save_every and self.step != max_iter:
+                    self.save()
+                write_status(self.run_dir, "interrupted", self.step, self.dist)
+                return "interrupted"
+        write_status(self.run_dir, "finished", self.step, self.dist)
+        return "finished"
+
+    def train_step(self) -> tuple[torch.Tensor, float]:
+        accum = self.config.trainer.grad_accum
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for micro in range(accum):
+            batch = self._next_batch()
+            sync = micro == accum - 1 or not self.dist.enabled
+            with nullcontext() if sync else self.model.no_sync():
+                loss = self.compute_loss(batch) / accum
+                loss.backward()
+            total += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.config.trainer.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.params, self.step + 1)
+        return total, float(grad_norm)
+
+    def compute_loss(self, batch: dict) -> torch.Tensor:
+        video = batch["video"].to(self.device, non_blocking=True)
+        x0 = self.tokenizer.encode(video).float() * SIGMA_DATA
+        text = batch["t5_text_embeddings"].to(self.device, non_blocking=True)
+        keep = torch.rand(text.shape[0], generator=self.noise_generator) >= self.config.model.text_dropout
+        text = text * keep.to(self.device, text.dtype).view(-1, 1, 1)
+        sigma = sample_training_sigma(
+            x0.shape[0], self.noise_generator, self.config.model.sigma_p_mean, self.config.model.sigma_p_std
+        ).to(self.device)
+        epsilon = torch.randn(x0.shape, generator=self.noise_generator).to(self.device)
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+        with autocast:
+            return training_loss(self.model, self.logvar, x0, sigma, epsilon, crossattn_emb=text, fps=batch["fps"]).loss
+
+    # -- data position ----------------------------------------------------------------------------
+
+    def _start_epoch(self) -> None:
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.start_index = self.batch_in_epoch * self.batch_size
+        self._batches = iter(self.loader)
+
+    def _next_batch(self) -> dict:
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self._start_epoch()
+            batch = next(self._batches)
+        self.batch_in_epoch += 1
+        return batch
+
+    # -- saving and resuming ----------------------------------------------------------------------
+
+    def save(self) -> None:
+        to_adapter = lambda state: {k.replace(".default.", "."): v for k, v in state.items()}  # noqa: E731
+        train_state = {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "lora": {k: v.detach().cpu() for k, v in self.params.items()},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "world_size": self.dist.world_size,
+        }
+        rng = {"torch": torch.get_rng_state(), "noise": self.noise_generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        self.checkpointer.save(
+            self.step, lora_state_dict(self.net), to_adapter(self.ema.state_dict()) if self.ema else None, train_state, rng
+        )
+
+    def _resume(self) -> None:
+        loaded = self.checkpointer.load_latest()
+        if loaded is None:
+            return
+        state, rng = loaded
+        if state["world_size"] != self.dist.world_size:
+            raise UserError(
+                f"{self.run_dir} was trained with {state['world_size']} processes; this launch has {self.dist.world_size}.",
+                f"resume with --nproc {state['world_size']} (the data order and RNG streams depend on it).",
+            )
+        with torch.no_grad():
+            for name, tensor in state["lora"].items():
+                self.params[name].copy_(tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        torch.set_rng_state(rng["torch"])
+        self.noise_generator.set_state(rng["noise"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    # -- reporting and stopping -------------------------------------------------------------------
+
+    def _log(self, loss: float, grad_norm: float, seconds: float) -> None:
+        if self.step % self.config.trainer.log_every and self.step != self.config.trainer.max_iter:
+            return
+        samples = self.dist.world_size * self.batch_size * self.config.trainer.grad_accum
+        gpu_gb = torch.cuda.max_memory_allocated(self.device) / 1e9 if self.device.type == "cuda" else None
+        self.metrics.log(self.step, {
+            "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+            "s_per_step": seconds, "samples_per_s": samples / seconds, "gpu_mem_gb": gpu_gb,
+        })
+
+    def _log_summary(self) -> None:
+        cfg = self.config
+        samples = self.dist.world_size * self.batch_size * cfg.trainer.grad_accum
+        steps_per_epoch = len(self.dataset) // samples
+        trainable = sum(p.numel() for p in self.params.values())
+        height, width = cfg.model.resolution
+        self.metrics.message(
+            f"posttrain {self.run_dir.name}: {self.dist.world_size} process(es) x batch {self.batch_size} x accum "
+            f"{cfg.trainer.grad_accum} = {samples} clips/step; {cfg.trainer.max_iter} steps "
+            f"({cfg.trainer.max_iter / max(1, steps_per_epoch):.2f} epochs of {len(self.dataset)} clips); "
+            f"LoRA {adapter_summary(self.spec)} ({trainable / 1e6:.2f}M params); {cfg.model.num_frames}x{height}x{width}; "
+            f"{cfg.model.precision}; {self.recomputed_blocks} blocks recomputed; device {self.device}"
+            + (f"; resuming at step {self.step}" if self.step else "")
+        )
+
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum, frame):
+            self.stop_requested = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, request_stop)
+
+    def _should_stop(self) -> bool:
+        """Every rank must stop after the same step, so the flag is agreed on collectively."""
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
+        if self.dist.enabled:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _fail_on_nonfinite(self, value: float) -> None:
+        write_status(self.run_dir, "failed", self.step, self.dist)
+        latest = self.checkpointer.run_dir / "latest.json"
+        raise UserError(
+            f"The loss became {value} at step {self.step}; the last good checkpoint is "
+            + (latest.read_text().split('"state": ')[1].split(",")[0] if latest.is_file() else "none (no save yet)") + ".",
+            "lower optimizer.lr or model.lora.scale, and resume from that checkpoint with --resume.",
+        )
+
+    def close(self) -> None:
+        self.metrics.close()

@@ -1,0 +1,237 @@
+"""`prepare_clips` end to end with real ffmpeg: containers, captions, windows, failures and resume."""
+
+import csv
+import json
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from cosmos_lora.data.layout import INDEX_COLUMNS
+from cosmos_lora.data.prepare import prepare_clips
+from cosmos_lora.data.video import VideoInfo, probe_video, read_video, resize_cover_crop, write_video
+from cosmos_lora.errors import UserError
+
+CLIP = 17  # frames per clip: 1 + 8k like Cosmos' 121, small enough for CPU tests
+HEIGHT, WIDTH = 32, 48
+CODECS = {".mov": "libx264", ".mkv": "libx264", ".avi": "mpeg4", ".webm": "libvpx"}
+
+
+def numbered_frames(num_frames: int, height: int, width: int) -> np.ndarray:
+    """Smooth frames that all differ: a drifting wave in red, a fixed ramp in green, blue = 5 * t."""
+    ys, xs = np.mgrid[:height, :width].astype(np.float32)
+    return np.stack([
+        np.stack([120 + 90 * np.sin(xs / 7 + t / 2), ys / height * 200, np.full_like(xs, 5 * t % 250)], axis=-1)
+        for t in range(num_frames)
+    ]).astype(np.uint8)
+
+
+def write_source(path, num_frames, height, width, fps):
+    """A source video in the container its suffix names."""
+    frames = numbered_frames(num_frames, height, width)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".mp4":
+        write_video(path, frames, fps)
+        return
+    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec=CODECS[path.suffix],
+                                         quality=9, macro_block_size=1, ffmpeg_log_level="error")
+    writer.send(None)
+    for frame in frames:
+        writer.send(frame)
+    writer.close()
+
+
+@pytest.fixture
+def source_folder(tmp_path):
+    """Mixed sources: containers, sizes, fps, lengths, caption kinds, plus a short, a broken and an uncaptioned one."""
+    src = tmp_path / "raw"
+    write_source(src / "wide.mp4", 40, 64, 96, 24)  # 2 clips (34 of 40 frames), sidecar caption
+    (src / "wide.txt").write_text("a wide video\n")
+    write_source(src / "sub" / "tall.mov", 20, 96, 64, 30)  # 1 clip, caption from captions.csv
+    write_source(src / "sub" / "deeper" / "square.mkv", 51, 48, 48, 25)  # 3 clips, captions.csv
+    write_source(src / "old.avi", 17, 64, 96, 24)  # exactly 1 clip, captions.csv
+    write_source(src / "web.webm", 18, 32, 64, 24)  # 1 clip, sidecar
+    (src / "web.txt").write_text("a web video")
+    write_source(src / "short.mp4", 10, 64, 96, 24)
+    (src / "short.txt").write_text("too short to cut")
+    (src / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 200)
+    (src / "broken.txt").write_text("cannot be decoded")
+    write_source(src / "uncaptioned.mp4", 20, 32, 32, 24)
+    with open(src / "captions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "caption"])
+        writer.writerow(["sub/tall.mov", "a tall video, with a comma"])
+        writer.writerow(["sub/deeper/square.mkv", "a square video"])
+        writer.writerow(["old.avi", "an old video"])
+        writer.writerow(["gone.mp4", "listed but missing"])
+    return src
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_prepare_cuts_probes_and_indexes_every_clip(source_folder, tmp_path):
+    out = tmp_path / "dataset"
+    summary = prepare_clips(source_folder, out, clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=2)
+
+    expected = {"wide_000": 24, "wide_001": 24, "tall_000": 30, "square_000": 25, "square_001": 25,
+                "square_002": 25, "old_000": 24, "web_000": 24}
+    assert (summary.clips_written, summary.clips_skipped_existing) == (8, 0)
+    assert (summary.videos_too_short, summary.videos_failed, summary.out_root) == (1, 3, out)
+    assert sorted(p.stem for p in (out / "videos").iterdir()) == sorted(expected)
+    for clip, fps in expected.items():
+        assert probe_video(out / "videos" / f"{clip}.mp4") == VideoInfo(CLIP, HEIGHT, WIDTH, fps)
+
+    captions = {p.stem: p.read_text().strip() for p in (out / "metas").iterdir()}
+    assert sorted(captions) == sorted(expected)
+    assert captions["wide_001"] == "a wide video" and captions["tall_000"] == "a tall video, with a comma"
+    assert captions["square_002"] == "a square video" and captions["web_000"] == "a web video"
+
+    index = {row["clip"]: row for row in read_csv(out / "index.csv")}
+    assert list(read_csv(out / "index.csv")[0]) == INDEX_COLUMNS
+    assert sorted(index) == sorted(expected)
+    assert index["square_002"] == {"clip": "square_002", "source": "sub/deeper/square.mkv", "start_frame": "34",
+                                   "start_time": "1.36", "fps": "25.0", "frames": "17", "height": "32",
+                                   "width": "48", "caption_source": "captions.csv"}
+    assert index["wide_001"]["caption_source"] == "sidecar" and index["wide_001"]["start_frame"] == "17"
+
+    failed = {row["source"]: row["reason"] for row in read_csv(out / "failed.csv")}
+    assert sorted(failed) == ["broken.mp4", "gone.mp4", "short.mp4", "uncaptioned.mp4"]
+    assert "could not be decoded" in failed["broken.mp4"]
+    assert failed["short.mp4"].startswith("too short: 10 frames < 17")
+    assert "no caption" in failed["uncaptioned.mp4"] and "uncaptioned.txt" in failed["uncaptioned.mp4"]
+    assert "listed in captions.csv" in failed["gone.mp4"]
+
+
+def test_each_clip_holds_the_source_frames_of_its_window(tmp_path):
+    src = tmp_path / "raw"
+    write_source(src / "v.mp4", 40, 64, 96, 24)
+    (src / "v.txt").write_text("v")
+    prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+
+    source, _ = read_video(src / "v.mp4")
+    candidates = resize_cover_crop(source, HEIGHT, WIDTH).astype(np.float32)
+    for k in range(2):
+        clip, _ = read_video(tmp_path / "out" / "videos" / f"v_{k:03d}.mp4")
+        errors = ((clip[:, None].astype(np.float32) - candidates[None]) ** 2).mean(axis=(2, 3, 4))  # [17, 40]
+        assert errors.argmin(axis=1).tolist() == list(range(k * CLIP, (k + 1) * CLIP))
+        best, runner_up = np.sort(errors, axis=1)[:, :2].T
+        assert (best < 0.5 * runner_up).all()  # clearly that frame, not merely the least unlike one
+
+
+def test_rerun_skips_complete_clips_and_redoes_broken_ones(source_folder, tmp_path):
+    out = tmp_path / "dataset"
+    prepare_clips(source_folder, out, clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "videos").iterdir()}
+
+    again = prepare_clips(source_folder, out, clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    assert (again.clips_written, again.clips_skipped_existing) == (0, 8)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "videos").iterdir()} == mtimes
+    assert len(read_csv(out / "index.csv")) == 8
+
+    half = (out / "videos" / "square_001.mp4").read_bytes()
+    (out / "videos" / "square_001.mp4").write_bytes(half[: len(half) // 2])  # an interrupted copy
+    (out / "videos" / "wide_000.mp4").unlink()
+    resumed = prepare_clips(source_folder, out, clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    assert (resumed.clips_written, resumed.clips_skipped_existing) == (2, 6)
+    assert probe_video(out / "videos" / "square_001.mp4") == VideoInfo(CLIP, HEIGHT, WIDTH, 25.0)
+    assert probe_video(out / "videos" / "wide_000.mp4").frames == CLIP
+    assert not list((out / "videos").glob(".*"))  # no temporary files left
+
+
+def test_a_different_size_is_not_mistaken_for_an_existing_clip(tmp_path):
+    src = tmp_path / "raw"
+    write_source(src / "v.mp4", 20, 64, 96, 24)
+    (src / "v.txt").write_text("v")
+    prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    summary = prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=64, width=64, workers=1)
+    assert (summary.clips_written, summary.clips_skipped_existing) == (1, 0)
+    assert probe_video(tmp_path / "out" / "videos" / "v_000.mp4") == VideoInfo(CLIP, 64, 64, 24.0)
+
+
+def test_max_clips_per_video_limits_the_windows(source_folder, tmp_path):
+    summary = prepare_clips(source_folder, tmp_path / "out", clip_frames=CLIP, max_clips_per_video=1,
+                            height=HEIGHT, width=WIDTH, workers=1)
+    assert summary.clips_written == 5
+    assert sorted(p.stem for p in (tmp_path / "out" / "videos").iterdir()) == [
+        "old_000", "square_000", "tall_000", "web_000", "wide_000"]
+
+
+def test_pad_loops_short_videos_into_one_clip(tmp_path):
+    src = tmp_path / "raw"
+    write_source(src / "short.mp4", 10, 64, 96, 24)
+    (src / "short.txt").write_text("short")
+    summary = prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1, pad=True)
+    assert (summary.clips_written, summary.videos_too_short) == (1, 0)
+    clip, _ = read_video(tmp_path / "out" / "videos" / "short_000.mp4")
+    assert clip.shape == (CLIP, HEIGHT, WIDTH, 3)
+    for i in range(10, CLIP):  # frame 10 repeats frame 0, 11 repeats 1, ...
+        assert np.abs(clip[i].astype(int) - clip[i - 10]).mean() < 2
+    assert np.abs(clip[10].astype(int) - clip[9]).mean() > 5
+    assert read_csv(tmp_path / "out" / "failed.csv") == []
+
+
+def test_captions_from_jsonl_and_duplicate_stems_get_unique_clip_names(tmp_path):
+    src = tmp_path / "raw"
+    write_source(src / "a" / "v.mp4", 17, 32, 48, 24)
+    write_source(src / "b" / "v.mp4", 17, 32, 48, 24)
+    rows = [{"path": "a/v.mp4", "caption": "first"}, {"path": "./b/v.mp4", "caption": "second"}]
+    (src / "captions.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    summary = prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    assert summary.clips_written == 2
+    captions = {p.stem: p.read_text().strip() for p in (tmp_path / "out" / "metas").iterdir()}
+    assert captions == {"a_v_mp4_000": "first", "b_v_mp4_000": "second"}
+    assert {row["caption_source"] for row in read_csv(tmp_path / "out" / "index.csv")} == {"captions.jsonl"}
+
+
+def test_output_folder_inside_the_source_is_not_read_as_a_source(tmp_path):
+    src = tmp_path / "raw"
+    write_source(src / "v.mp4", 17, 32, 48, 24)
+    (src / "v.txt").write_text("v")
+    prepare_clips(src, src / "prepared", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    again = prepare_clips(src, src / "prepared", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    assert (again.clips_written, again.clips_skipped_existing, again.videos_failed) == (0, 1, 0)
+
+
+@pytest.mark.parametrize("height, width", [(30, 48), (32, 50)])
+def test_size_not_a_multiple_of_16_is_refused_before_any_work(source_folder, tmp_path, height, width):
+    with pytest.raises(UserError, match="multiple of 16"):
+        prepare_clips(source_folder, tmp_path / "out", clip_frames=CLIP, height=height, width=width, workers=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_caption_tables_are_user_errors_naming_the_file(tmp_path):
+    src = tmp_path / "raw"
+    src.mkdir()
+    (src / "captions.csv").write_text("file,text\nv.mp4,hello\n")
+    with pytest.raises(UserError, match="captions.csv has columns"):
+        prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    (src / "captions.csv").unlink()
+    (src / "captions.jsonl").write_text('{"path": "v.mp4", "caption": "ok"}\nnot json\n')
+    with pytest.raises(UserError, match="captions.jsonl line 2"):
+        prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+
+
+def test_missing_source_folder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        prepare_clips(tmp_path / "nope", tmp_path / "out", height=HEIGHT, width=WIDTH, workers=1)
+
+
+def test_folder_without_videos_is_a_user_error(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "notes.txt").write_text("no videos here")
+    with pytest.raises(UserError, match="No videos"):
+        prepare_clips(tmp_path / "raw", tmp_path / "out", height=HEIGHT, width=WIDTH, workers=1)
+
+
+def test_progress_goes_to_stderr_and_can_be_turned_off(tmp_path, capsys):
+    src = tmp_path / "raw"
+    write_source(src / "v.mp4", 17, 32, 48, 24)
+    (src / "v.txt").write_text("v")
+    prepare_clips(src, tmp_path / "a", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    shown = capsys.readouterr()
+    assert shown.out == "" and "cutting clips" in shown.err and "1/1" in shown.err
+    prepare_clips(src, tmp_path / "b", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1, show_progress=False)
+    assert capsys.readouterr() == ("", "")
