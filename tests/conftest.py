@@ -1,9 +1,14 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
+
+from cosmos_lora.paths import Roots
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_DATASET = "demo/shapes"
 
 
 @pytest.fixture(scope="session")
@@ -12,3 +17,39 @@ def fixtures_dir() -> Path:
     path = Path(os.environ.get("COSMOS_LORA_FIXTURES", REPO.parent / "shared" / "fixtures" / "cosmos_predict1"))
     assert path.is_dir(), f"fixtures not found at {path}; set COSMOS_LORA_FIXTURES"
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Roots:
+    """Roots holding the tiny checkpoints and an embedded 8-clip synthetic dataset (made once per session).
+
+    Read-only for tests: copy it with `roots` to write runs and videos.
+    """
+    from cosmos_lora.data.embed import embed_dataset
+    from cosmos_lora.data.synthetic import make_synthetic_dataset
+    from cosmos_lora.model.tiny import TINY_T5, write_tiny_checkpoints
+
+    base = tmp_path_factory.mktemp("tiny_world")
+    roots = Roots(base / "checkpoints", base / "datasets", base / "outputs")
+    write_tiny_checkpoints(roots.checkpoints)
+    dataset = roots.dataset(TINY_DATASET)
+    make_synthetic_dataset(dataset, num_clips=8, num_frames=17, height=64, width=64, fps=24, seed=0)
+    embed_dataset(dataset, roots.checkpoints / TINY_T5, torch.device("cpu"), torch.float32)
+    return roots
+
+
+@pytest.fixture
+def roots(tiny_world, tmp_path) -> Roots:
+    """A private copy of the tiny world: checkpoints shared (read-only), dataset and outputs per test."""
+    datasets = tmp_path / "datasets"
+    shutil.copytree(tiny_world.datasets, datasets)
+    return Roots(tiny_world.checkpoints, datasets, tmp_path / "outputs")
+
+
+@pytest.fixture
+def cli_env(roots, monkeypatch) -> Roots:
+    """The roots exported the way users set them, for CLI and subprocess tests."""
+    monkeypatch.setenv("COSMOS_LORA_CHECKPOINTS", str(roots.checkpoints))
+    monkeypatch.setenv("COSMOS_LORA_DATASETS", str(roots.datasets))
+    monkeypatch.setenv("COSMOS_LORA_OUTPUTS", str(roots.outputs))
+    return roots
