@@ -20,9 +20,9 @@ app = typer.Typer(
 @app.callback()
 def roots(
     ctx: typer.Context,
-    checkpoints_dir: Path = typer.Option(None, envvar="COSMOS_LORA_CHECKPOINTS", help="Model weights root [default: ./checkpoints]."),
-    datasets_dir: Path = typer.Option(None, envvar="COSMOS_LORA_DATASETS", help="Datasets root [default: ./datasets]."),
-    outputs_dir: Path = typer.Option(None, envvar="COSMOS_LORA_OUTPUTS", help="Runs and videos root [default: ./outputs]."),
+    checkpoints_dir: Path = typer.Option(None, envvar="COSMOS_LORA_CHECKPOINTS", help="Model weights root (default: ./checkpoints)."),
+    datasets_dir: Path = typer.Option(None, envvar="COSMOS_LORA_DATASETS", help="Datasets root (default: ./datasets)."),
+    outputs_dir: Path = typer.Option(None, envvar="COSMOS_LORA_OUTPUTS", help="Runs and videos root (default: ./outputs)."),
 ) -> None:
     ctx.obj = Roots.from_env(checkpoints_dir, datasets_dir, outputs_dir)
 
@@ -33,3 +33,7 @@ for module in (download, prepare, embed, posttrain, infer, demo):
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -21,7 +21,7 @@ def demo(
     ctx: typer.Context,
     clips: int = typer.Option(8, help="Synthetic clips to train on."),
     max_iter: int = typer.Option(40, help="Optimizer steps."),
-    nproc: int = typer.Option(None, help="Training processes [default: visible GPUs, else 2 CPU processes]."),
+    nproc: int = typer.Option(None, help="Training processes (default: visible GPUs, else 2 CPU processes)."),
 ) -> None:
     """Run download-free: tiny model -> synthetic clips -> embed -> posttrain (torchrun) -> infer --stages both."""
     import torch

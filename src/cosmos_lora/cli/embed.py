@@ -10,7 +10,7 @@ from cosmos_lora.cli.output import examples, guarded, note, result
 def embed(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name COLLECTION/DOMAIN."),
-    text_encoder: Path = typer.Option(None, help="T5 checkpoint folder [default: <checkpoints>/google-t5/t5-11b]."),
+    text_encoder: Path = typer.Option(None, help="T5 checkpoint folder (default: <checkpoints>/google-t5/t5-11b)."),
     batch_size: int = typer.Option(16, help="Captions per T5 batch."),
 ) -> None:
     """Embed every caption in metas/ into t5_xxl/<clip>.pickle; existing embeddings are kept."""

@@ -12,24 +12,24 @@ MODEL_PRESETS = {"7b": "text2world_7b_lora", "tiny": "tiny_lora"}
 def infer(
     ctx: typer.Context,
     run: str = typer.Option(None, help="Run name (in <outputs>/runs) or folder: its adapter, model and size."),
-    step: int = typer.Option(None, help="The run's adapter at this step [default: latest]."),
+    step: int = typer.Option(None, help="The run's adapter at this step (default: latest)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the run saved them."),
     lora: Path = typer.Option(None, help="A LoRA file instead of --run: ours (.safetensors) or an official .pt."),
     lora_scale: float = typer.Option(1.0, help="Multiplies the adapter's trained scale."),
     prompt: list[str] = typer.Option(None, "--prompt", "-p", help="A prompt (repeatable)."),
     prompts_file: Path = typer.Option(None, help=".txt (one per line) or .jsonl (prompt, negative_prompt, seed, name)."),
-    negative_prompt: str = typer.Option(None, help="Unconditional branch [default: the official negative prompt]."),
+    negative_prompt: str = typer.Option(None, help="Unconditional branch (default: the official negative prompt)."),
     num_videos: int = typer.Option(1, help="Videos per prompt (seeds seed..seed+K-1)."),
     seed: int = typer.Option(0, help="First seed."),
     stages: str = typer.Option("both", help="original, lora or both."),
     steps: int = typer.Option(35, help="Denoising steps."),
     guidance: float = typer.Option(7.0, help="Classifier-free guidance."),
     fps: float = typer.Option(24.0, help="Frame rate (conditions the model and the mp4)."),
-    resolution: tuple[int, int] = typer.Option((None, None), help="Height and width [default: the run's, else 704 1280]."),
-    frames: int = typer.Option(None, help="Frames, 1+8k [default: the run's, else 121]."),
+    resolution: tuple[int, int] | None = typer.Option(None, metavar="H W", help="Height and width (default: the run's, else 704 1280)."),
+    frames: int = typer.Option(None, help="Frames, 1+8k (default: the run's, else 121)."),
     model: str = typer.Option("7b", help="7b or tiny, when no --run gives the model."),
-    name: str = typer.Option(None, help="Output folder name under <outputs>/infer [default: the run or LoRA name]."),
-    nproc: int = typer.Option(None, help="Processes (one per GPU) [default: visible GPUs, 1 on CPU]."),
+    name: str = typer.Option(None, help="Output folder name under <outputs>/infer (default: the run or LoRA name)."),
+    nproc: int = typer.Option(None, help="Processes (one per GPU) (default: visible GPUs, 1 on CPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that exist already."),
 ) -> None:
     """Generate every prompt x seed with the base model and/or the LoRA, models loaded once.
@@ -61,7 +61,7 @@ def infer(
         config = load_preset(MODEL_PRESETS[model])
         adapter = adapters.from_file(lora) if lora else None
     m = config.model
-    height, width = resolution if resolution[0] else m.resolution
+    height, width = resolution or m.resolution
     settings = InferSettings(
         out_dir=roots.outputs / "infer" / (name or (Path(run).name if run else lora.stem if lora else "base")),
         dit=roots.checkpoints / m.dit, tokenizer=roots.checkpoints / m.tokenizer, text_encoder=roots.checkpoints / m.text_encoder,

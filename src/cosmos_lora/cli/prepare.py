@@ -13,7 +13,7 @@ def prepare(
     source: Path = typer.Argument(..., help="Folder of videos with captions (.txt sidecars, captions.csv or captions.jsonl)."),
     name: str = typer.Option(..., "--name", help="Dataset name COLLECTION/DOMAIN, e.g. vript/sports."),
     frames: int = typer.Option(121, help="Frames per clip."),
-    max_clips: int = typer.Option(None, help="At most this many clips per video [default: all]."),
+    max_clips: int = typer.Option(None, help="At most this many clips per video (default: all)."),
     resolution: tuple[int, int] = typer.Option((720, 1280), help="Clip height and width (multiples of 16)."),
     workers: int = typer.Option(os.cpu_count() or 1, help="Parallel processes."),
     pad: bool = typer.Option(False, "--pad", help="Loop-pad videos shorter than one clip instead of skipping them."),

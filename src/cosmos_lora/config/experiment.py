@@ -9,7 +9,6 @@ import importlib.util
 import os
 from pathlib import Path
 
-import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -62,10 +61,11 @@ def apply_overrides(config: LazyDict, overrides: dict[str, object] | list[str]) 
 
 
 def _split_override(text: str) -> tuple[str, object]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
         raise UserError(f"Override {text!r} is not key=value.", "write it like `optimizer.lr=5e-5`, after `--`.")
-    return key.strip(), yaml.safe_load(raw) if raw else None
+    # omegaconf's parser, so `5e-5` is a float and `[k, out]` a list, as in the saved YAML
+    return key.strip(), OmegaConf.select(OmegaConf.from_dotlist([text]), key.strip())
 
 
 def resolved(config: LazyDict) -> LazyDict:
