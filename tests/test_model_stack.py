@@ -121,3 +121,24 @@ def test_adapter_with_a_rank_other_than_its_spec_is_refused(tmp_path):
     save_adapter(tmp_path / "a.safetensors", state, LoraSpec(rank=8, scale=1.0, blocks=(0, 1)))
     with pytest.raises(UserError, match="rank 4, the spec says 8"):
         read_adapter(tmp_path / "a.safetensors")
+
+
+def test_t5_embeddings_hold_only_the_real_tokens_and_round_trip_the_official_pickle(tiny_world, tmp_path):
+    import numpy as np
+
+    from cosmos_lora.data.embeddings import pad_embedding, read_t5_embedding, write_t5_embedding
+    from cosmos_lora.model.text_encoder import T5TextEncoder
+    from cosmos_lora.model.tiny import TINY_T5
+
+    encoder = T5TextEncoder(tiny_world.checkpoints / TINY_T5, dtype=torch.float32)
+    prompts = ["a red square", "a yellow circle moves from top to bottom on a black background"]
+    embeddings = encoder.encode(prompts)
+    lengths = [len(encoder.tokenizer(p).input_ids) for p in prompts]
+    assert [e.shape for e in embeddings] == [(n, 32) for n in lengths]
+    alone = encoder.encode(prompts[:1])[0]
+    np.testing.assert_allclose(alone, embeddings[0], atol=1e-5)  # padding in the batch does not leak in
+    write_t5_embedding(tmp_path / "a.pickle", embeddings[1])
+    stored = read_t5_embedding(tmp_path / "a.pickle")
+    assert stored.dtype == np.float16 and stored.shape == embeddings[1].shape
+    padded, mask = pad_embedding(stored)
+    assert padded.shape == (512, 32) and int(mask.sum()) == lengths[1] and not padded[lengths[1]:].any()
