@@ -83,7 +83,8 @@ def write_tiny_dit(path: Path, seed: int = 0) -> None:
     torch.save(official_state_dict(net, logvar), path)
 
 
-def write_tiny_t5(folder: Path, seed: int = 0) -> None:
+def write_tiny_t5(folder: Path, seed: int = 0, d_model: int = TINY_TEXT_DIM) -> None:
+    """A 2-layer T5 encoder; `d_model=1024` stands in for T5-11B's output width."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
@@ -101,7 +102,7 @@ def write_tiny_t5(folder: Path, seed: int = 0) -> None:
     )
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=tokenizer.get_vocab_size(), d_model=TINY_TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        vocab_size=tokenizer.get_vocab_size(), d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,61 @@
+"""A stand-in for the users' server at full size, for GPU benchmarks without the real weights.
+
+    <root>/checkpoints/Cosmos-Predict1-7B-Text2World/model.pt   random 7B DiT, official flat format, bf16
+    <root>/checkpoints/Cosmos-Tokenize1-CV8x8x8-720p/            TorchScript stand-in, official calling convention
+    <root>/checkpoints/google-t5/t5-11b/                         2-layer T5 encoder with T5-11B's 1024-d output
+    <root>/datasets/bench/clips/                                 synthetic 121-frame 704x1280 clips, embedded
+
+The DiT is the real architecture at the real size, so step times and memory are the real ones;
+the tokenizer and T5 stand-ins are cheap, so their cost is not measured here.
+
+    python benchmarks/fake_world_7b.py --root /tmp/world --clips 16
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from cosmos_lora.data.embed import embed_dataset
+from cosmos_lora.data.synthetic import make_synthetic_dataset
+from cosmos_lora.model.checkpoint import official_state_dict
+from cosmos_lora.model.dit import build_dit
+from cosmos_lora.model.edm import LogVarHead
+from cosmos_lora.model.tiny import write_tiny_t5, write_tiny_tokenizer
+
+
+def write_random_dit(path: Path, size: str = "7b") -> None:
+    meta = official_state_dict(build_dit(size, device="meta"), LogVarHead())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    generator = torch.Generator(device=device).manual_seed(0)
+    state = {
+        key: (torch.randn(t.shape, generator=generator, device=device, dtype=torch.bfloat16) * 0.02).cpu()
+        if t.device.type == "meta" else t
+        for key, t in meta.items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=121)
+    parser.add_argument("--resolution", type=int, nargs=2, default=(704, 1280))
+    args = parser.parse_args()
+    checkpoints, started = args.root / "checkpoints", time.perf_counter()
+    if not (checkpoints / "Cosmos-Predict1-7B-Text2World" / "model.pt").is_file():
+        write_random_dit(checkpoints / "Cosmos-Predict1-7B-Text2World" / "model.pt")
+    write_tiny_tokenizer(checkpoints / "Cosmos-Tokenize1-CV8x8x8-720p")
+    write_tiny_t5(checkpoints / "google-t5" / "t5-11b", d_model=1024)
+    dataset = args.root / "datasets" / "bench" / "clips"
+    if not (dataset / "videos").is_dir():
+        make_synthetic_dataset(dataset, args.clips, args.frames, *args.resolution, fps=24, seed=0)
+    embed_dataset(dataset, checkpoints / "google-t5" / "t5-11b", torch.device("cpu"), torch.float32)
+    print(f"fake 7B world ready in {time.perf_counter() - started:.0f} s: {args.root}")
+
+
+if __name__ == "__main__":
+    main()
