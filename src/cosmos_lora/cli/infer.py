@@ -5,6 +5,7 @@ from pathlib import Path
 import typer
 
 from cosmos_lora.cli.output import examples, guarded, note, result
+from cosmos_lora.errors import UserError
 
 MODEL_PRESETS = {"7b": "text2world_7b_lora", "tiny": "tiny_lora"}
 
@@ -14,7 +15,7 @@ def infer(
     run: str = typer.Option(None, help="Run name (in <outputs>/runs) or folder: its adapter, model and size."),
     step: int = typer.Option(None, help="The run's adapter at this step (default: latest)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the run saved them."),
-    lora: Path = typer.Option(None, help="A LoRA file instead of --run: ours (.safetensors) or an official .pt."),
+    lora: Path = typer.Option(None, help="A LoRA file instead of --run: ours, diffusers or ComfyUI (.safetensors), or an official .pt."),
     lora_scale: float = typer.Option(1.0, help="Multiplies the adapter's trained scale."),
     prompt: list[str] = typer.Option(None, "--prompt", "-p", help="A prompt (repeatable)."),
     prompts_file: Path = typer.Option(None, help=".txt (one per line) or .jsonl (prompt, negative_prompt, seed, name)."),
@@ -27,7 +28,7 @@ def infer(
     fps: float = typer.Option(24.0, help="Frame rate (conditions the model and the mp4)."),
     resolution: tuple[int, int] | None = typer.Option(None, metavar="H W", help="Height and width (default: the run's, else 704 1280)."),
     frames: int = typer.Option(None, help="Frames, 1+8k (default: the run's, else 121)."),
-    model: str = typer.Option("7b", help="7b or tiny, when no --run gives the model."),
+    model: str = typer.Option(None, help="7b or tiny, when no --run gives the model (default: 7b)."),
     name: str = typer.Option(None, help="Output folder name under <outputs>/infer (default: the run or LoRA name)."),
     nproc: int = typer.Option(None, help="Processes (one per GPU) (default: visible GPUs, 1 on CPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that exist already."),
@@ -38,17 +39,13 @@ def infer(
     seed_<k>.json beside them, and index.html showing every comparison.
     """
     from cosmos_lora.config import load_preset
-    from cosmos_lora.distributed import run_torchrun, torchrun_command, visible_gpus
-    from cosmos_lora.errors import UserError
+    from cosmos_lora.distributed import close_distributed, init_distributed, launched_by_torchrun, run_torchrun, torchrun_command, visible_gpus
     from cosmos_lora.infer import adapters
-    from cosmos_lora.infer.pipeline import InferSettings, check_settings
+    from cosmos_lora.infer.pipeline import InferSettings, check_model, check_settings
     from cosmos_lora.infer.prompts import STAGES, read_prompts
-    from cosmos_lora.infer.run import save_plan
+    from cosmos_lora.infer.run import run_plan, save_plan
 
-    if stages not in STAGES:
-        raise UserError(f"Unknown --stages {stages!r}.", "use original, lora or both.")
-    if run and lora:
-        raise UserError("--run and --lora both choose the LoRA.", "give only one of them.")
+    _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name)
     roots = ctx.obj
     adapter = None
     if run:
@@ -56,9 +53,7 @@ def infer(
         adapter = adapters.from_run(run_dir, step, ema)
         config = load_preset(run_dir / "config.yaml")
     else:
-        if model not in MODEL_PRESETS:
-            raise UserError(f"Unknown --model {model!r}.", f"use one of {', '.join(MODEL_PRESETS)}.")
-        config = load_preset(MODEL_PRESETS[model])
+        config = load_preset(MODEL_PRESETS[model or "7b"])
         adapter = adapters.from_file(lora) if lora else None
     m = config.model
     height, width = resolution or m.resolution
@@ -70,23 +65,51 @@ def infer(
         adapter_file=adapter.source if adapter else None, lora_scale=lora_scale,
     )
     check_settings(settings)
-    if adapter:
+    prompts = read_prompts(prompt or [], prompts_file, negative_prompt)
+    check_model(settings, adapter)  # nothing is written before this passes
+    if adapter and "lora" in STAGES[stages]:
         note(f"LoRA: {adapter.summary()}")
-    plan = save_plan(settings, read_prompts(prompt or [], prompts_file, negative_prompt), num_videos, seed)
+        if adapter.format == "official":
+            note("Official checkpoints do not store the LoRA scale: 1 is assumed, --lora-scale multiplies it.")
+    plan = save_plan(settings, prompts, num_videos, seed)
     processes = nproc or visible_gpus() or 1
-    if processes == 1:
-        from cosmos_lora.infer.run import run_plan
-        from cosmos_lora.distributed import init_distributed
-
-        run_plan(plan, init_distributed())
+    if launched_by_torchrun() or processes == 1:  # under torchrun already: this process is one of the workers
+        try:
+            run_plan(plan, init_distributed())
+        finally:
+            close_distributed()
     elif run_torchrun(torchrun_command("cosmos_lora.infer.run", [str(plan)], processes)) != 0:
         raise UserError("Inference failed in a worker; see the messages above.", "rerun the same command: finished videos are kept.")
     result(str(settings.out_dir))
+
+
+def _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name) -> None:
+    """Option combinations, before anything is read."""
+    from cosmos_lora.infer.prompts import STAGES
+
+    if stages not in STAGES:
+        raise UserError(f"Unknown --stages {stages!r}.", "use original, lora or both.")
+    if run and lora:
+        raise UserError("--run and --lora both choose the LoRA.", "give only one of them.")
+    if step is not None and not run:
+        raise UserError("--step picks one of a run's adapters.", "use it with --run NAME.")
+    if run and model:
+        raise UserError("--run sets the model (the one it was trained on).", "drop --model.")
+    if model is not None and model not in MODEL_PRESETS:
+        raise UserError(f"Unknown --model {model!r}.", f"use one of {', '.join(MODEL_PRESETS)}.")
+    for option, value in (("--num-videos", num_videos), ("--nproc", nproc or 1)):
+        if value < 1:
+            raise UserError(f"{option} {value} is less than 1.", f"use {option} 1 or more.")
+    if seed < 0:
+        raise UserError(f"--seed {seed} is negative.", "use a seed >= 0.")
+    if name is not None and (Path(name).name != name or name in (".", "..")):
+        raise UserError(f"--name {name!r} is not a folder name.", "give a name without '/' (it goes under <outputs>/infer).")
 
 
 def register(app: typer.Typer) -> None:
     app.command(epilog=examples(
         'cosmos-lora infer --run vript-sports_r16_iter1000_bs1_accum4_scale2_lr1e-04_seed0 --prompt "A surfer rides a wave" --stages both',
         "cosmos-lora infer --run <run> --prompts-file prompts.txt --num-videos 4 --step 500 --no-ema",
-        "cosmos-lora infer --lora iter_000001000_model.pt --prompts-file prompts.jsonl --stages lora",
+        "cosmos-lora infer --lora iter_000001000_model.pt --lora-scale 1.5 --prompts-file prompts.jsonl --stages lora",
+        'cosmos-lora infer --model tiny --stages original --prompt "a red square" --steps 5',
     ))(guarded(infer))

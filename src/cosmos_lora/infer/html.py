@@ -1,7 +1,12 @@
-"""`index.html`: every base-vs-LoRA comparison in a grid, playable in a browser."""
+"""`index.html`: every base-vs-LoRA comparison in a grid, playable in a browser.
+
+Each comparison is a `<figure class="comparison">`; a small script marks it `data-state="playable"`
+once the browser has read the video, or `"unplayable"` (with a note) when it cannot decode it.
+"""
 
 import html
 from pathlib import Path
+from urllib.parse import quote
 
 from cosmos_lora.paths import atomic_path
 
@@ -9,29 +14,45 @@ _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>cosmos-lora: {title}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5rem; background: #111; color: #eee; }}
+a {{ color: #8cf; }}
 .grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 1.2rem; }}
 figure {{ margin: 0; background: #1c1c1c; padding: .6rem; border-radius: 6px; }}
+figure[data-state="unplayable"] {{ outline: 2px solid #c44; }}
 video {{ width: 100%; display: block; }}
 figcaption {{ font-size: .85rem; margin-top: .4rem; }}
 </style></head>
-<body><h1>{title}</h1><p>Left: base model. Right: with the LoRA. Same seed, same initial noise.</p>
+<body><h1>{title}</h1><p>{count} comparisons. Left: base model. Right: with the LoRA. Same seed, same initial noise.</p>
 <div class="grid">
 {figures}
-</div></body></html>
+</div>
+<script>
+for (const video of document.querySelectorAll("figure.comparison video")) {{
+  const figure = video.closest("figure");
+  const playable = () => {{ figure.dataset.state = "playable"; }};
+  const unplayable = () => {{
+    figure.dataset.state = "unplayable";
+    figure.querySelector("figcaption").append(" (this browser cannot play it: open the mp4)");
+  }};
+  video.addEventListener("loadedmetadata", playable);
+  video.addEventListener("error", unplayable);
+  if (video.error) unplayable(); else if (video.readyState >= 1) playable();
+}}
+</script></body></html>
 """
-_FIGURE = """<figure class="comparison"><video src="{src}" controls loop muted playsinline preload="metadata"></video>
-<figcaption><b>seed {seed}</b> &mdash; {prompt}</figcaption></figure>"""
+_FIGURE = """<figure class="comparison" data-state="loading"><video src="{src}" controls loop muted playsinline preload="metadata"></video>
+<figcaption><b>seed {seed}</b> &mdash; {prompt} &middot; <a href="{src}">mp4</a></figcaption></figure>"""
 
 
 def write_index(out_dir: Path, comparisons: list) -> Path:
     """`comparisons`: (job, compare video path) pairs; missing videos are left out."""
     figures = [
-        _FIGURE.format(src=html.escape(path.relative_to(out_dir).as_posix()), seed=job.seed, prompt=html.escape(job.prompt.text))
+        _FIGURE.format(src=html.escape(quote(path.relative_to(out_dir).as_posix())), seed=job.seed, prompt=html.escape(job.prompt.text))
         for job, path in comparisons
         if path.is_file()
     ]
     index = out_dir / "index.html"
     tmp = atomic_path(index)
-    tmp.write_text(_PAGE.format(title=html.escape(out_dir.name), figures="\n".join(figures)), encoding="utf-8")
+    page = _PAGE.format(title=html.escape(out_dir.name), count=len(figures), figures="\n".join(figures))
+    tmp.write_text(page, encoding="utf-8")
     tmp.replace(index)
     return index

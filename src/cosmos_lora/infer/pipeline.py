@@ -4,7 +4,7 @@ Order of work in one process:
   1. check inputs and plan the jobs (skipping finished ones);
   2. T5 embeds every prompt once, then leaves the device;
   3. the DiT (with the LoRA layers, switched per stage) samples each job's latents;
-  4. the tokenizer decodes them; videos, `prompt.txt`, `meta.json` and the comparison are written.
+  4. the tokenizer decodes them; videos, `prompt.txt`, `seed_<k>.json` and the comparison are written.
 """
 
 import json
@@ -20,18 +20,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cosmos_lora.data.embeddings import pad_embedding
 from cosmos_lora.data.video import side_by_side, write_video
 from cosmos_lora.errors import UserError
-from cosmos_lora.infer.adapters import Adapter, from_file
+from cosmos_lora.infer.adapters import Adapter, check_fits, from_file
 from cosmos_lora.infer.html import write_index
 from cosmos_lora.infer.prompts import STAGES, Job
-from cosmos_lora.model.checkpoint import load_official_dit
+from cosmos_lora.model.checkpoint import load_official_dit, read_official_checkpoint, split_official_state, unwrap_container
+from cosmos_lora.model.dit import size_from_state_dict
 from cosmos_lora.model.edm import SIGMA_DATA
 from cosmos_lora.model.lora import LoraSpec, add_lora, load_lora_state
 from cosmos_lora.model.sampler import sample_latents
 from cosmos_lora.model.text_encoder import T5TextEncoder
-from cosmos_lora.model.tokenizer import VideoTokenizer, latent_frames, video_to_uint8
+from cosmos_lora.model.tokenizer import TOKENIZER_FILES, VideoTokenizer, latent_frames, video_to_uint8
 from cosmos_lora.paths import atomic_path
 
 STAGE_LABELS = {"original": "original", "lora": "LoRA"}
+T5_BATCH = 16  # prompts per T5 forward, so a long prompts file is not one huge batch
 
 
 @dataclass
@@ -50,7 +52,7 @@ class InferSettings:
     frames: int = 121
     precision: str = "bf16"
     overwrite: bool = False
-    adapter_file: Path | None = None  # ours, or an official checkpoint with LoRA tensors
+    adapter_file: Path | None = None  # any file `adapters.from_file` reads
     official_lora_scale: float | None = None  # official files do not store their scale
     lora_scale: float = 1.0  # multiplies the adapter's trained scale
     extra_meta: dict = field(default_factory=dict)
@@ -65,12 +67,55 @@ class InferSettings:
 
 
 def check_settings(settings: InferSettings) -> None:
-    if settings.height % 16 or settings.width % 16:
-        raise UserError(f"Resolution {settings.height}x{settings.width} is not a multiple of 16.", "use e.g. 704 1280.")
-    if (settings.frames - 1) % 8:
-        raise UserError(f"{settings.frames} frames is not 1+8k.", "use e.g. 121, 57 or 17 frames.")
+    """What the settings alone can tell (no file is read)."""
+    height, width, frames = settings.height, settings.width, settings.frames
+    if height < 16 or width < 16 or height % 16 or width % 16:
+        raise UserError(f"Resolution {height}x{width} is not a multiple of 16.", "use e.g. --resolution 704 1280.")
+    if frames < 1 or (frames - 1) % 8:
+        raise UserError(f"{frames} frames is not 1+8k.", "use e.g. --frames 121, 57 or 17.")
+    if frames > settings.pixel_chunk_duration:
+        raise UserError(
+            f"{frames} frames is more than the tokenizer's {settings.pixel_chunk_duration}-frame chunk.",
+            f"use at most --frames {settings.pixel_chunk_duration}.",
+        )
+    if settings.steps < 1:
+        raise UserError(f"--steps {settings.steps} is not a number of denoising steps.", "use e.g. --steps 35.")
     if "lora" in STAGES[settings.stages] and settings.adapter_file is None:
         raise UserError(f"--stages {settings.stages} needs a LoRA.", "pass --run NAME or --lora FILE, or use --stages original.")
+
+
+def check_model(settings: InferSettings, adapter: Adapter | None) -> None:
+    """What only the checkpoints can tell, before anything is loaded or written: the size fits the DiT,
+    the text encoder's width is the DiT's, and the adapter fits the DiT (tensors are memory-mapped)."""
+    state = unwrap_container(read_official_checkpoint(settings.dit))
+    try:
+        size = size_from_state_dict(state)
+    except (KeyError, IndexError, ValueError):
+        raise UserError(f"{settings.dit} is not a Cosmos-Predict1 DiT checkpoint.", "point the model at an official model.pt.") from None
+    latent = (latent_frames(settings.frames), settings.height // 8, settings.width // 8)
+    if any(ours > most for ours, most in zip(latent, size.max_size)):
+        t, h, w = size.max_size
+        raise UserError(
+            f"{settings.frames} frames of {settings.height}x{settings.width} are more than the DiT at {settings.dit} "
+            f"generates (at most {1 + 8 * (t - 1)} frames of {8 * h}x{8 * w}).",
+            "lower --frames or --resolution.",
+        )
+    missing = [name for name in TOKENIZER_FILES if not (settings.tokenizer / name).is_file()]
+    if missing:
+        raise UserError(f"The tokenizer folder {settings.tokenizer} lacks {', '.join(missing)}.", "run `cosmos-lora download`.")
+    t5_config = settings.text_encoder / "config.json"
+    if not t5_config.is_file():
+        raise UserError(f"No T5 text encoder at {settings.text_encoder} (config.json missing).", "run `cosmos-lora download`.")
+    t5_width = json.loads(t5_config.read_text()).get("d_model")
+    if t5_width != size.text_embed_dim:
+        raise UserError(
+            f"The text encoder at {settings.text_encoder} gives {t5_width}-d embeddings, the DiT at {settings.dit} "
+            f"takes {size.text_embed_dim}-d.",
+            "use the T5 that goes with the model (google-t5/t5-11b for Cosmos-Predict1).",
+        )
+    if adapter is not None and "lora" in STAGES[settings.stages]:
+        network, _, _, _ = split_official_state(state)
+        check_fits(adapter, {k: v.shape for k, v in network.items()}, settings.dit)
 
 
 def video_path(out_dir: Path, stage: str, job: Job) -> Path:
@@ -82,7 +127,9 @@ def compare_path(out_dir: Path, job: Job) -> Path:
 
 
 def job_done(settings: InferSettings, job: Job) -> bool:
-    paths = [video_path(settings.out_dir, s, job) for s in STAGES[settings.stages]]
+    """Every stage's video with its sidecar (written last), and the comparison for `both`."""
+    videos = [video_path(settings.out_dir, s, job) for s in STAGES[settings.stages]]
+    paths = videos + [v.with_suffix(".json") for v in videos]
     if settings.stages == "both":
         paths.append(compare_path(settings.out_dir, job))
     return all(p.is_file() for p in paths)
@@ -97,24 +144,17 @@ class Text2WorldGenerator:
         self.net, _ = load_official_dit(settings.dit, device=device, dtype=self.dtype)
         self.net.eval()
         self.adapter = None
-        if settings.adapter_file is not None:
+        if settings.adapter_file is not None and "lora" in STAGES[settings.stages]:
             self.adapter = from_file(settings.adapter_file, settings.official_lora_scale)
             self._attach(self.adapter)
         self.tokenizer = VideoTokenizer(settings.tokenizer, device, self.dtype, settings.pixel_chunk_duration)
 
     def _attach(self, adapter: Adapter) -> None:
+        """LoRA layers built from the adapter's own spec, its scale times --lora-scale, then its weights."""
+        check_fits(adapter, {k: v.shape for k, v in self.net.state_dict().items()}, self.settings.dit)
         spec = adapter.spec
-        if spec.blocks and max(spec.blocks) >= len(self.net.transformer_blocks):
-            raise UserError(
-                f"{adapter.source} has LoRA for block {max(spec.blocks)}, the model has {len(self.net.transformer_blocks)} blocks.",
-                "use the base model the adapter was trained on.",
-            )
-        scaled = LoraSpec(spec.rank, spec.scale * self.settings.lora_scale, spec.blocks, spec.targets)
-        add_lora(self.net, scaled)
-        try:
-            load_lora_state(self.net, adapter.state)
-        except RuntimeError as error:  # shape mismatch: another base model
-            raise UserError(f"{adapter.source} does not fit this base model: {error}.", "use the base it was trained on.")
+        add_lora(self.net, LoraSpec(spec.rank, spec.scale * self.settings.lora_scale, spec.blocks, spec.targets))
+        load_lora_state(self.net, adapter.state)
         for name, param in self.net.named_parameters():
             if ".lora_" in name:
                 param.data = param.data.to(self.dtype)
@@ -143,7 +183,10 @@ def embed_prompts(settings: InferSettings, jobs: list[Job], device: torch.device
         return {}
     dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float32
     encoder = T5TextEncoder(settings.text_encoder, device, dtype)
-    embeddings = {text: pad_embedding(emb)[0] for text, emb in zip(texts, encoder.encode(texts))}
+    embeddings = {}
+    for start in range(0, len(texts), T5_BATCH):
+        batch = texts[start : start + T5_BATCH]
+        embeddings.update({text: pad_embedding(emb)[0] for text, emb in zip(batch, encoder.encode(batch))})
     del encoder
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -183,22 +226,27 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
 
 
 def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, seconds: float, adapter) -> Path:
+    """The video, then `prompt.txt`, then the sidecar: a video without its sidecar counts as unfinished."""
     path = video_path(settings.out_dir, stage, job)
     write_video(path, frames, settings.fps)
-    (path.parent / "prompt.txt").write_text(job.prompt.text + "\n", encoding="utf-8")
+    _write_text(path.parent / "prompt.txt", job.prompt.text + "\n")
     meta = {
-        "prompt": job.prompt.text, "negative_prompt": job.prompt.negative, "seed": job.seed, "stage": stage,
-        "steps": settings.steps, "guidance": settings.guidance, "fps": settings.fps,
+        "prompt": job.prompt.text, "negative_prompt": job.prompt.negative, "prompt_name": job.prompt.name,
+        "seed": job.seed, "stage": stage, "steps": settings.steps, "guidance": settings.guidance, "fps": settings.fps,
         "height": settings.height, "width": settings.width, "frames": settings.frames, "precision": settings.precision,
-        "dit": str(settings.dit), "seconds": round(seconds, 3),
+        "dit": str(settings.dit), "tokenizer": str(settings.tokenizer), "text_encoder": str(settings.text_encoder),
+        "seconds": round(seconds, 3), "seconds_per_step": round(seconds / settings.steps, 4),
         **(adapter.describe(settings.lora_scale) if stage == "lora" and adapter else {}),
         **settings.extra_meta,
     }
-    meta_path = path.with_suffix(".json")
-    tmp = atomic_path(meta_path)
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(meta_path)
+    _write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
     return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = atomic_path(path)
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def finish(settings: InferSettings, jobs: list[Job]) -> Path | None:

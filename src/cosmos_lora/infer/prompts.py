@@ -46,6 +46,8 @@ def slugify(text: str, max_len: int = 60) -> str:
 def read_prompts(texts: list[str], file: Path | None, negative: str | None) -> list[Prompt]:
     """Prompts from `--prompt` options and a prompts file, with unique names."""
     negative = negative if negative is not None else DEFAULT_NEGATIVE_PROMPT
+    if any(not t.strip() for t in texts):
+        raise UserError("--prompt got an empty text.", "give every --prompt some words.")
     entries = [{"prompt": t} for t in texts] + (_read_file(Path(file)) if file else [])
     if not entries:
         raise UserError("No prompts given.", "pass --prompt TEXT (repeatable) or --prompts-file FILE.")
@@ -60,22 +62,47 @@ def read_prompts(texts: list[str], file: Path | None, negative: str | None) -> l
     return prompts
 
 
+JSONL_FIELDS = {"prompt": str, "negative_prompt": str, "seed": int, "name": str}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
 def _read_file(path: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"No prompts file at {path}.", "check the path given to --prompts-file.")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix == ".json":
+        raise UserError(f"{path} is .json; prompts files are .jsonl or .txt.", 'write one {"prompt": ...} object per line in a .jsonl file.')
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte {error.start}).", "save it as UTF-8.") from None
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     if path.suffix != ".jsonl":
-        return [{"prompt": line.strip()} for line in lines]
-    entries = []
-    for number, line in enumerate(lines, 1):
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path}:{number} is not valid JSON ({error.msg}).", 'write one {"prompt": ...} object per line.')
-        if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str):
-            raise UserError(f"{path}:{number} has no \"prompt\" string.", 'write one {"prompt": ...} object per line.')
-        entries.append(entry)
-    return entries
+        return [{"prompt": line.strip()} for _, line in lines]
+    return [_jsonl_entry(path, number, line) for number, line in lines]
+
+
+def _jsonl_entry(path: Path, number: int, line: str) -> dict:
+    fix = 'write one {"prompt": ..., "negative_prompt": ..., "seed": ..., "name": ...} object per line (only prompt is required).'
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}:{number} is not valid JSON ({error.msg}).", fix) from None
+    if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str) or not entry["prompt"].strip():
+        raise UserError(f"{path}:{number} has no \"prompt\" text.", fix)
+    for key, value in entry.items():
+        kind = JSONL_FIELDS.get(key)
+        if kind is None:
+            raise UserError(f"{path}:{number} has an unknown field {key!r}.", fix)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise UserError(f"{path}:{number}: {key!r} must be {'an integer' if kind is int else 'a string'}, not {value!r}.", fix)
+    if entry.get("seed", 0) < 0:
+        raise UserError(f"{path}:{number}: seed {entry['seed']} is negative.", "use a seed >= 0.")
+    if "name" in entry and not _NAME.match(entry["name"]):
+        raise UserError(
+            f"{path}:{number}: name {entry['name']!r} cannot be a folder name.",
+            "use letters, digits, '.', '_' and '-' (not first), at most 100 characters.",
+        )
+    return entry
 
 
 def plan_jobs(prompts: list[Prompt], num_videos: int, base_seed: int) -> list[Job]:

@@ -13,21 +13,37 @@ import torch.distributed as dist
 
 from cosmos_lora.distributed import Distributed, close_distributed, init_distributed
 from cosmos_lora.errors import UserError
-from cosmos_lora.infer.pipeline import InferSettings, finish, run_jobs
+from cosmos_lora.infer.pipeline import InferSettings, finish, job_done, run_jobs
 from cosmos_lora.infer.prompts import Job, Prompt, plan_jobs, shard
 from cosmos_lora.paths import atomic_path
 
 PLAN = "plan.json"
+# settings that do not change what a finished video looks like: a rerun may differ in them
+RERUN_MAY_CHANGE = {"out_dir", "stages", "overwrite", "extra_meta"}
 
 
 def save_plan(settings: InferSettings, prompts: list[Prompt], num_videos: int, seed: int) -> Path:
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    """Writes `<out>/plan.json`. Refuses to mix videos of other settings into an existing folder
+    (they would be skipped as finished) unless `overwrite` redoes them."""
     path = settings.out_dir / PLAN
+    if path.is_file() and not settings.overwrite:
+        _check_same_settings(json.loads(path.read_text())["settings"], settings.to_json(), settings.out_dir)
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
     plan = {"settings": settings.to_json(), "prompts": [asdict(p) for p in prompts], "num_videos": num_videos, "seed": seed}
     tmp = atomic_path(path)
     tmp.write_text(json.dumps(plan, indent=1))
     tmp.replace(path)
     return path
+
+
+def _check_same_settings(before: dict, now: dict, out_dir: Path) -> None:
+    changed = [k for k in now if k not in RERUN_MAY_CHANGE and before.get(k) != now[k]]
+    if changed:
+        what = ", ".join(f"{k} {before.get(k)} -> {now[k]}" for k in changed[:3])
+        raise UserError(
+            f"{out_dir} holds videos made with other settings ({what}).",
+            "pass --name NEW for a new folder, or --overwrite to remake them with these settings.",
+        )
 
 
 def load_plan(path: Path) -> tuple[InferSettings, list[Job]]:
@@ -37,8 +53,17 @@ def load_plan(path: Path) -> tuple[InferSettings, list[Job]]:
 
 
 def run_plan(plan_path: Path, dist_info: Distributed) -> tuple[list[Path], Path | None]:
+    """This process's share of the plan's jobs; the main process writes `index.html` once all are done."""
     settings, jobs = load_plan(plan_path)
-    written = run_jobs(settings, shard(jobs, dist_info.rank, dist_info.world_size), dist_info.device, dist_info.is_main)
+    settings.extra_meta["process"] = f"{dist_info.rank}/{dist_info.world_size}"
+    mine = shard(jobs, dist_info.rank, dist_info.world_size)
+    finished = 0 if settings.overwrite else sum(job_done(settings, job) for job in mine)
+    written = run_jobs(settings, mine, dist_info.device, dist_info.is_main)
+    print(
+        f"process {dist_info.rank}/{dist_info.world_size}: {len(mine)} jobs, {finished} finished before, "
+        f"{len(written)} videos written",
+        file=sys.stderr,
+    )
     if dist_info.enabled:
         dist.barrier()
     index = finish(settings, jobs) if dist_info.is_main else None
