@@ -89,6 +89,7 @@ class Checkpointer:
             "state": str(Path("state") / step_name(step)),
             "adapter": str(raw_path.relative_to(self.run_dir)),
             "ema_adapter": str(ema_path.relative_to(self.run_dir)) if has_ema else None,
+            "world_size": self.dist.world_size,  # a resume must use as many processes (data order, RNG streams)
         }
         tmp = atomic_path(self.run_dir / LATEST)
         tmp.write_text(json.dumps(latest, indent=1))

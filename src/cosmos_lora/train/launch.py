@@ -3,8 +3,12 @@
 Everything that can be wrong with the user's input is found here, before any process starts.
 """
 
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from cosmos_lora.config import LazyDict, apply_overrides, load_preset, resolved, save_config
 from cosmos_lora.data.dataset import require_valid_dataset
@@ -13,11 +17,24 @@ from cosmos_lora.distributed import launched_by_torchrun, run_torchrun, torchrun
 from cosmos_lora.errors import UserError
 from cosmos_lora.model.tokenizer import TOKENIZER_FILES
 from cosmos_lora.paths import Roots, check_dataset_name
+from cosmos_lora.train.checkpointer import read_latest
 from cosmos_lora.train.run_name import run_name
 from cosmos_lora.train.status import read_status
 from cosmos_lora.train.worker import EXIT_INTERRUPTED
 
 WORKER = "cosmos_lora.train.worker"
+
+# What a resume may change: how long to train, how often to log and save, loader speed, memory
+# and where the roots are. Anything else would change the steps already taken, so it is refused.
+RESUME_MAY_CHANGE = (
+    "trainer.max_iter", "trainer.epochs", "scheduler.max_iter", "trainer.log_every", "trainer.validate_every",
+    "checkpoint.save_every", "checkpoint.keep_states", "dataloader_train.num_workers", "dataloader_train.pin_memory",
+    "model.activation_checkpointing", "model.checkpoints_dir", "job.runs_dir", "job.run_dir",
+    "dataloader_train.dataset.root",
+)
+# Seconds torchrun waits after forwarding a SIGTERM before it SIGKILLs the workers. Its default,
+# 30 s, is shorter than one 7B step at 121x704x1280 with accumulation: they could not finish and save.
+SHUTDOWN_TIMEOUT_S = "600"
 
 
 @dataclass(frozen=True)
@@ -42,9 +59,11 @@ def build_experiment(
 ) -> LazyDict:
     """Preset (or saved config) + options + overrides, with the dataset, paths and run folder filled in.
 
-    `alpha` is peft's spelling of the LoRA multiplier: scale = alpha / rank.
+    `alpha` is peft's spelling of the LoRA multiplier: scale = alpha / rank. A run's saved
+    config.yaml keeps naming that run, even when overrides change values its name was derived from.
     """
     config = load_preset(source)
+    saved_run = Path(config.job.run_dir).name if config.job.get("run_dir") else None
     apply_overrides(config, {k: v for k, v in options.items() if v is not None})
     apply_overrides(config, overrides)
     if alpha is not None:
@@ -59,7 +78,7 @@ def build_experiment(
     if config.trainer.epochs:
         config.trainer.max_iter = _steps_for_epochs(config, launch.world_size)
     config = resolved(config)
-    config.job.run_dir = str(Path(config.job.runs_dir) / (config.job.name or _derived_name(config)))
+    config.job.run_dir = str(Path(config.job.runs_dir) / (config.job.name or saved_run or _derived_name(config)))
     return config
 
 
@@ -107,12 +126,25 @@ def check_inputs(config: LazyDict) -> None:
 
 
 def prepare_run_dir(config: LazyDict, resume: bool) -> Path:
-    """Creates the run folder with its config.yaml; refuses to reuse one unless resuming."""
+    """Creates the run folder with its config.yaml; refuses to reuse one unless resuming.
+
+    A resume saves the new config when it differs from the old one only in RESUME_MAY_CHANGE
+    (e.g. a longer `trainer.max_iter`), so the workers train with what the user asked for.
+    """
     run_dir = Path(config.job.run_dir)
     saved = run_dir / "config.yaml"
     if resume:
         if not saved.is_file():
             raise UserError(f"Nothing to resume in {run_dir}.", "start it without --resume.")
+        changed = _changed_keys(load_preset(saved), config)
+        refused = [key for key in changed if key not in RESUME_MAY_CHANGE]
+        if refused:
+            raise UserError(
+                f"Resuming {run_dir} with other values for {', '.join(refused)} would not continue the same training.",
+                "resume with the saved values (--config <run>/config.yaml --resume), or start a new run with --name NEW.",
+            )
+        if changed:
+            save_config(config, saved)
         return run_dir
     if run_dir.exists():
         raise UserError(
@@ -122,15 +154,57 @@ def prepare_run_dir(config: LazyDict, resume: bool) -> Path:
     return run_dir
 
 
+def _changed_keys(old: LazyDict, new: LazyDict) -> list[str]:
+    before, after = _flatten(OmegaConf.to_container(old)), _flatten(OmegaConf.to_container(new))
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    items = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            items.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def check_resumable(run_dir: Path, launch: Launch) -> None:
+    """A resume needs as many processes as saved the state (the data order and RNG streams depend on it)."""
+    latest = read_latest(run_dir)
+    saved = (latest or {}).get("world_size")
+    if saved is not None and saved != launch.world_size:
+        raise UserError(
+            f"{run_dir} was saved by {saved} processes; this launch has {launch.world_size} "
+            f"({launch.nnodes} node(s) x {launch.nproc}).",
+            f"resume with {saved} processes in all (e.g. --nproc {saved // launch.nnodes}).",
+        )
+
+
+@contextmanager
+def _environment(**values: str):
+    """Sets defaults for the torchrun child (the user's own values win), restored afterwards."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def launch_training(run_dir: Path, launch: Launch) -> tuple[int, dict | None]:
     """Runs the workers (through torchrun, or in this process when already under a launcher)."""
     config_path = str(run_dir / "config.yaml")
-    if launched_by_torchrun():
+    if launched_by_torchrun():  # the launcher fixed the world size; the workers check it on resume
         from cosmos_lora.train.worker import main
 
         code = main(config_path)
     else:
-        code = run_torchrun(torchrun_command(WORKER, [config_path], launch.nproc, launch.nnodes, launch.node_rank, launch.rdzv_endpoint))
+        check_resumable(run_dir, launch)
+        command = torchrun_command(WORKER, [config_path], launch.nproc, launch.nnodes, launch.node_rank, launch.rdzv_endpoint)
+        with _environment(TORCH_ELASTIC_SHUTDOWN_TIMEOUT=SHUTDOWN_TIMEOUT_S):
+            code = run_torchrun(command)
     return code, read_status(run_dir)
 
 
@@ -141,6 +215,8 @@ def outcome_message(run_dir: Path, code: int, status: dict | None, resume_hint: 
         return True, f"Finished {step} steps. Adapters: {run_dir / 'adapters'}"
     if state == "interrupted" or code == EXIT_INTERRUPTED:
         return False, f"Interrupted after step {step}; the state is saved. Resume with: {resume_hint}"
+    if state == "failed" and status.get("message"):
+        return False, f"Training failed: {status['message']} Run folder: {run_dir}"
     return False, f"Training failed (exit code {code}) at step {step}; see the messages above. Run folder: {run_dir}"
 
 

@@ -38,11 +38,13 @@ class MetricsLogger:
         self.total_steps = total_steps
 
     def _truncate_after(self, step: int) -> None:
-        """A resumed run rewrites the rows it will log again."""
+        """A resumed run rewrites the rows it will log again and smooths on from the last one kept."""
         rows = []
         if self.csv_path.is_file():
             with open(self.csv_path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        if rows:
+            self.smoothed = float(rows[-1]["loss_smoothed"])
         with open(self.csv_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()

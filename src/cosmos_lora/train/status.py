@@ -9,12 +9,14 @@ from cosmos_lora.paths import atomic_path
 STATUS = "status.json"
 
 
-def write_status(run_dir: Path, state: str, step: int, dist_info=None) -> None:
+def write_status(run_dir: Path, state: str, step: int, dist_info=None, message: str | None = None) -> None:
+    """`message` says why a run failed, for the launcher to repeat."""
     if dist_info is not None and not dist_info.is_main:
         return
     path = Path(run_dir) / STATUS
     tmp = atomic_path(path)
-    tmp.write_text(json.dumps({"state": state, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    status = {"state": state, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    tmp.write_text(json.dumps(status | ({"message": message} if message else {})))
     tmp.replace(path)
 
 

@@ -23,7 +23,7 @@ from cosmos_lora.model.dit import enable_activation_checkpointing
 from cosmos_lora.model.edm import SIGMA_DATA, sample_training_sigma, training_loss
 from cosmos_lora.model.lora import add_lora, adapter_summary, lora_parameters, lora_state_dict, spec_for
 from cosmos_lora.model.tokenizer import VideoTokenizer
-from cosmos_lora.train.checkpointer import Checkpointer, base_fingerprint
+from cosmos_lora.train.checkpointer import Checkpointer, base_fingerprint, read_latest
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.train.ema import PowerEMA
 from cosmos_lora.train.metrics import MetricsLogger
@@ -50,6 +50,8 @@ class Trainer:
         self.run_dir = Path(config.job.run_dir)
         self.dtype = PRECISIONS[config.model.precision]
         seed = config.job.seed
+        self.stop_requested = False
+        self._install_signal_handlers()  # first: a signal while loading still ends in a clean save
 
         # data: every rank reads its own shard, in an order fixed by the seed
         self.dataset = instantiate(config.dataloader_train.dataset)
@@ -97,36 +99,33 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._resume()
         self.metrics = MetricsLogger(self.run_dir, config.trainer.max_iter, self.step, dist_info.is_main)
-        self.stop_requested = False
         self._log_summary()
 
     # -- the loop ---------------------------------------------------------------------------------
 
     def train(self) -> str:
         """Runs to max_iter; returns 'finished' or 'interrupted' (after saving)."""
-        self._install_signal_handlers()
         write_status(self.run_dir, "running", self.step, self.dist)
         self._start_epoch()
         max_iter, save_every = self.config.trainer.max_iter, self.config.checkpoint.save_every
         while self.step < max_iter:
             started = time.perf_counter()
-            loss, grad_norm = self.train_step()
+            loss, grad_norm, lr = self.train_step()
             self.step += 1
-            loss_value = loss.item()  # a GPU sync point, once per optimizer step
+            loss_value, stop = self._agree(loss)  # every rank sees the same loss and stop flag
             if not math.isfinite(loss_value):
                 self._fail_on_nonfinite(loss_value)
-            self._log(loss_value, grad_norm, time.perf_counter() - started)
-            if self.step % save_every == 0 or self.step == max_iter:
+            self._log(loss_value, grad_norm, lr, time.perf_counter() - started)
+            if self.step % save_every == 0 or self.step == max_iter or stop:
                 self.save()
-            if self._should_stop():
-                if self.step % save_every and self.step != max_iter:
-                    self.save()
+            if stop and self.step < max_iter:
                 write_status(self.run_dir, "interrupted", self.step, self.dist)
                 return "interrupted"
         write_status(self.run_dir, "finished", self.step, self.dist)
         return "finished"
 
-    def train_step(self) -> tuple[torch.Tensor, float]:
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimizer step; returns this rank's loss, the clipped grad norm and the lr it used."""
         accum = self.config.trainer.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
@@ -138,11 +137,12 @@ class Trainer:
                 loss.backward()
             total += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.config.trainer.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.params, self.step + 1)
-        return total, float(grad_norm)
+        return total, grad_norm, lr
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
         video = batch["video"].to(self.device, non_blocking=True)
@@ -218,13 +218,13 @@ class Trainer:
 
     # -- reporting and stopping -------------------------------------------------------------------
 
-    def _log(self, loss: float, grad_norm: float, seconds: float) -> None:
+    def _log(self, loss: float, grad_norm: torch.Tensor, lr: float, seconds: float) -> None:
         if self.step % self.config.trainer.log_every and self.step != self.config.trainer.max_iter:
             return
         samples = self.dist.world_size * self.batch_size * self.config.trainer.grad_accum
         gpu_gb = torch.cuda.max_memory_allocated(self.device) / 1e9 if self.device.type == "cuda" else None
         self.metrics.log(self.step, {
-            "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+            "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
             "s_per_step": seconds, "samples_per_s": samples / seconds, "gpu_mem_gb": gpu_gb,
         })
 
@@ -244,27 +244,37 @@ class Trainer:
         )
 
     def _install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT only raise a flag: the step in flight finishes, then every rank saves and stops."""
         def request_stop(signum, frame):
             self.stop_requested = True
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, request_stop)
+        self._previous_handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
-    def _should_stop(self) -> bool:
-        """Every rank must stop after the same step, so the flag is agreed on collectively."""
-        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
+    def _agree(self, loss: torch.Tensor) -> tuple[float, bool]:
+        """(mean loss over ranks, whether any rank was asked to stop): one all-reduce per step.
+
+        Every rank must take the same decision after the same step, so a NaN on one rank or a
+        signal that reached only some of them stops all of them. `.item()` is a GPU sync point.
+        """
+        stop = torch.tensor(1.0 if self.stop_requested else 0.0, device=self.device)
+        both = torch.stack([loss.detach().float(), stop])
         if self.dist.enabled:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+            dist.all_reduce(both)  # a NaN anywhere makes the sum NaN everywhere
+        loss_sum, stops = both.tolist()
+        return loss_sum / self.dist.world_size, stops > 0
 
     def _fail_on_nonfinite(self, value: float) -> None:
-        write_status(self.run_dir, "failed", self.step, self.dist)
-        latest = self.checkpointer.run_dir / "latest.json"
+        latest = read_latest(self.run_dir)
+        last_good = f"step {latest['step']} ({self.run_dir / latest['state']})" if latest else "none (nothing saved yet)"
+        problem = f"The loss became {value} at step {self.step}; training stopped. Last good checkpoint: {last_good}."
+        write_status(self.run_dir, "failed", self.step, self.dist, message=problem)
         raise UserError(
-            f"The loss became {value} at step {self.step}; the last good checkpoint is "
-            + (latest.read_text().split('"state": ')[1].split(",")[0] if latest.is_file() else "none (no save yet)") + ".",
-            "lower optimizer.lr or model.lora.scale, and resume from that checkpoint with --resume.",
+            problem,
+            "lower optimizer.lr or model.lora.scale and start a new run with --name NEW; the adapters saved so far "
+            "stay usable.",
         )
 
     def close(self) -> None:
         self.metrics.close()
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
