@@ -81,7 +81,10 @@ def posttrain(
     run_dir = launcher.prepare_run_dir(experiment, resume)
     note(f"Run folder: {run_dir}")
     code, status = launcher.launch_training(run_dir, run)
-    ok, message = launcher.outcome_message(run_dir, code, status, f"cosmos-lora posttrain --config {run_dir / 'config.yaml'} --resume")
+    hint = f"cosmos-lora posttrain --config {run_dir / 'config.yaml'} --resume --nproc {run.nproc}"
+    if nnodes > 1:
+        hint += f" --nnodes {nnodes} --node-rank {node_rank} --rdzv-endpoint {rdzv_endpoint}"
+    ok, message = launcher.outcome_message(run_dir, code, status, hint)
     if not ok:
         raise UserError(message)
     note(message)
