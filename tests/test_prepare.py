@@ -235,3 +235,171 @@ def test_progress_goes_to_stderr_and_can_be_turned_off(tmp_path, capsys):
     assert shown.out == "" and "cutting clips" in shown.err and "1/1" in shown.err
     prepare_clips(src, tmp_path / "b", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1, show_progress=False)
     assert capsys.readouterr() == ("", "")
+
+
+# ---------------------------------------------------------------- Vript: time-stamped scenes, categories
+
+
+def vript_caption(content, shot="close-up", camera="pan left"):
+    return {"shot_type": shot, "camera_movement": camera, "content": content, "scene_title": "ignored"}
+
+
+@pytest.fixture
+def vript_folder(tmp_path):
+    """Vript's layout: captions per video (JSON and JSONL forms), a meta file with categories, videos."""
+    src = tmp_path / "Vript"
+    write_source(src / "vript_long_videos" / "vidA.mp4", 51, 64, 96, 10)  # 5.1 s -> clips of 1.7 s
+    write_source(src / "vript_long_videos" / "-vidB.mp4", 34, 48, 64, 25)  # 1.36 s -> clips of 0.68 s
+    write_source(src / "vript_long_videos" / "nocaption.mp4", 17, 32, 48, 24)
+    (src / "vript_captions").mkdir(parents=True)
+    scenes = {  # clip 0 = [0, 1.7) s overlaps Scene-002 longest, though it is the first of three clips
+        "vidA-Scene-001": ("00:00:00.000-00:00:00.500", "the opening"),
+        "vidA-Scene-002": ("00:00:00.500-00:00:03.000", "the middle"),
+        "vidA-Scene-003": ("00:00:03.000-00:00:05.100", "the ending"),
+    }
+    (src / "vript_captions" / "vidA_caption.json").write_text(json.dumps({
+        "meta": {"video_id": "vidA", "video_title": "t", "num_clips": 3, "integrity": True},
+        "data": {clip_id: {"video_id": "vidA", "clip_id": clip_id, "caption": vript_caption(text), "timestamp": stamp,
+                           "voiceover": ["not used"]} for clip_id, (stamp, text) in scenes.items()},
+    }))
+    lines = [{"clip_id": "-vidB-Scene-001", "caption": "first part", "start": 0, "end": 1.0},
+             {"clip_id": "-vidB-Scene-002", "caption": "second part", "start": 1.0, "end": 1.36},
+             {"clip_id": "gone-Scene-001", "caption": "a video nobody downloaded", "timestamp": ["0:00:00", "0:00:09"]}]
+    (src / "vript_captions" / "more.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    (src / "vript_meta").mkdir()
+    (src / "vript_meta" / "vript_long_videos_meta.json").write_text(json.dumps({
+        "vidA": {"video_id": "vidA", "categories": "Sports & Outdoors"},
+        "-vidB": {"video_id": "-vidB", "categories": ["Music", "Dance"]},
+    }))
+    return src
+
+
+def test_vript_clips_take_the_longest_overlapping_scene_and_split_by_category(vript_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from cosmos_lora.cli.app import app
+
+    args = ["--datasets-dir", str(tmp_path / "datasets"), "prepare", str(vript_folder), "--name", "vript",
+            "--frames", str(CLIP), "--resolution", str(HEIGHT), str(WIDTH), "--workers", "2"]
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 0, run.output
+    out = tmp_path / "datasets" / "vript"
+    assert run.stdout.split() == [str(out / "music"), str(out / "sports-outdoors")]
+    assert "vript source: 5 clip(s) written" in run.stderr
+
+    sports, music = out / "sports-outdoors", out / "music"
+    captions = {p.stem: p.read_text().strip() for p in (sports / "metas").iterdir()}
+    assert captions == {  # by position ratio clip 0 would have been "the opening"
+        "vidA_000": "the middle Shot type: close-up. Camera movement: pan left.",
+        "vidA_001": "the middle Shot type: close-up. Camera movement: pan left.",
+        "vidA_002": "the ending Shot type: close-up. Camera movement: pan left.",
+    }
+    index = {row["clip"]: row for row in read_csv(sports / "index.csv")}
+    assert [index[c]["caption_source"] for c in sorted(index)] == [
+        "vript scene vidA-Scene-002", "vript scene vidA-Scene-002", "vript scene vidA-Scene-003"]
+    assert index["vidA_002"]["source"] == "vript_long_videos/vidA.mp4" and index["vidA_002"]["start_time"] == "3.4"
+    # -vidB: [0.68, 1.36) s overlaps "first part" 0.32 s and "second part" 0.36 s
+    assert {p.stem: p.read_text().strip() for p in (music / "metas").iterdir()} == {
+        "-vidB_000": "first part", "-vidB_001": "second part"}
+    assert probe_video(music / "videos" / "-vidB_001.mp4") == VideoInfo(CLIP, HEIGHT, WIDTH, 25.0)
+
+    failed = {row["source"]: row["reason"] for row in read_csv(out / "failed.csv")}
+    assert sorted(failed) == ["vript_captions/more.jsonl", "vript_long_videos/nocaption.mp4"]
+    assert "no video named gone.*" in failed["vript_captions/more.jsonl"]
+    assert "no Vript caption file" in failed["vript_long_videos/nocaption.mp4"]
+
+    again = CliRunner().invoke(app, args)  # resumable per category folder
+    assert again.exit_code == 0 and "0 clip(s) written, 5 already there" in again.stderr
+
+
+def test_vript_scenes_outside_every_clip_leave_the_video_failed(tmp_path):
+    src = tmp_path / "Vript"
+    write_source(src / "v.mp4", 17, 32, 48, 24)
+    (src / "vript_captions").mkdir()
+    (src / "vript_captions" / "v.json").write_text(json.dumps(
+        {"meta": {"video_id": "v"}, "clips": [{"caption": "later", "timestamp": "00:01:00.000-00:01:05.000"},
+                                               {"caption": "no time"}]}))
+    summary = prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    assert (summary.source_format, summary.clips_written, summary.videos_failed) == ("vript", 0, 1)
+    assert "no scene's time stamps overlap" in read_csv(tmp_path / "out" / "failed.csv")[0]["reason"]
+
+
+def test_vript_time_stamp_forms():
+    from cosmos_lora.data.sources import parse_range, parse_time, slugify
+
+    assert parse_time("00:01:02.500") == 62.5 and parse_time("1:02.5") == 62.5 and parse_time(3) == 3.0
+    assert parse_range("00:00:01.000-00:00:05.000") == (1.0, 5.0)
+    assert parse_range("0:00:01.000 --> 0:00:05.000") == parse_range(["0:00:01", 5]) == (1.0, 5.0)
+    assert parse_range({"start": 1, "end": "5"}) == (1.0, 5.0)
+    for bad in ("5-1", "a-b", [1], "1:2:3:4-9"):
+        with pytest.raises(ValueError):
+            parse_range(bad)
+    assert slugify("Science & Technology") == "science-technology" and slugify(" ") == "uncategorized"
+
+
+# ---------------------------------------------------------------- Panda-70M / UltraVideo: captioned time ranges
+
+
+@pytest.fixture
+def panda_folder(tmp_path):
+    src = tmp_path / "panda"
+    write_source(src / "videos" / "p1.mp4", 60, 64, 96, 10)  # 6 s
+    write_source(src / "videos" / "p2.mp4", 48, 48, 64, 24)  # 2 s
+    write_source(src / "ultra" / "u.mp4", 40, 64, 64, 30)
+    with open(src / "panda70m_part.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["videoID", "url", "timestamp", "caption", "matching_score"])
+        # p1: frames 0..35 hold two windows, 36..59 one
+        writer.writerow(["p1", "https://www.youtube.com/watch?v=p1",
+                         "[['0:00:00.000', '0:00:03.500'], ['0:00:03.600', '0:00:05.900']]",
+                         "['a red thing, moving', 'a blue thing']", "[0.4, 0.5]"])
+        writer.writerow(["p2", "", "[['0:00:00.000', '0:00:00.500']]", "['too short a range']", "[0.5]"])
+        writer.writerow(["gone", "", "[['0:00:00.000', '0:00:09.000']]", "['not downloaded']", "[0.5]"])
+        writer.writerow(["p2", "", "[['0:00:00.000', '0:00:01.000'], ['0:00:01.000', '0:00:02.000']]", "['one']", ""])
+    with open(src / "ultravideo.csv", "w", newline="") as f:  # one range per row, a path, start/end seconds
+        writer = csv.writer(f)
+        writer.writerow(["path", "start", "end", "caption"])
+        writer.writerow(["ultra/u.mp4", "0.2", "1.5", "an ultra video"])
+    return src
+
+
+def test_panda_clips_come_only_from_inside_each_captioned_range(panda_folder, tmp_path):
+    out = tmp_path / "out"
+    summary = prepare_clips(panda_folder, out, clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=2)
+    assert summary.source_format == "panda"
+    assert (summary.clips_written, summary.videos_too_short, summary.videos_failed) == (5, 1, 2)
+    index = {row["clip"]: row for row in read_csv(out / "index.csv")}
+    assert {clip: int(row["start_frame"]) for clip, row in index.items()} == {
+        "p1_000_000": 0, "p1_000_001": 17, "p1_001_000": 36, "u_000_000": 6, "u_000_001": 23}
+    assert index["p1_001_000"]["caption_source"] == "panda70m_part.csv line 2 range 1"
+    assert index["u_000_001"]["caption_source"] == "ultravideo.csv line 2 range 0"
+    captions = {p.stem: p.read_text().strip() for p in (out / "metas").iterdir()}
+    assert captions["p1_000_001"] == "a red thing, moving" and captions["p1_001_000"] == "a blue thing"
+    assert captions["u_000_000"] == "an ultra video"
+
+    source, _ = read_video(panda_folder / "videos" / "p1.mp4")
+    candidates = resize_cover_crop(source, HEIGHT, WIDTH).astype(np.float32)
+    clip, _ = read_video(out / "videos" / "p1_001_000.mp4")
+    errors = ((clip[:, None].astype(np.float32) - candidates[None]) ** 2).mean(axis=(2, 3, 4))
+    assert errors.argmin(axis=1).tolist() == list(range(36, 36 + CLIP))
+
+    failed = {row["source"]: row["reason"] for row in read_csv(out / "failed.csv")}
+    assert failed["panda70m_part.csv line 4"] == f"no video named gone.* under {panda_folder}"
+    assert failed["panda70m_part.csv line 5"] == "2 time range(s) but 1 caption(s)"
+    assert failed["videos/p2.mp4"].startswith("too short: no captioned range holds 17 frames (longest: 12)")
+
+
+def test_panda_max_clips_spreads_over_ranges_and_a_csv_can_be_the_source(panda_folder, tmp_path):
+    summary = prepare_clips(panda_folder / "panda70m_part.csv", tmp_path / "out", clip_frames=CLIP,
+                            max_clips_per_video=2, height=HEIGHT, width=WIDTH, workers=1)
+    assert summary.clips_written == 2  # p1's first window of each range, not its range 0 twice
+    assert sorted(p.stem for p in (tmp_path / "out" / "videos").iterdir()) == ["p1_000_000", "p1_001_000"]
+
+
+def test_unknown_or_mismatched_source_format_is_a_user_error(source_folder, tmp_path):
+    with pytest.raises(UserError, match="Unknown source format"):
+        prepare_clips(source_folder, tmp_path / "out", height=HEIGHT, width=WIDTH, workers=1, source_format="webvid")
+    with pytest.raises(UserError, match="no vript_captions/ folder"):
+        prepare_clips(source_folder, tmp_path / "out", height=HEIGHT, width=WIDTH, workers=1, source_format="vript")
+    with pytest.raises(UserError, match="holds no CSV with a time range"):
+        prepare_clips(source_folder, tmp_path / "out", height=HEIGHT, width=WIDTH, workers=1, source_format="panda")

@@ -1,18 +1,65 @@
-"""`cosmos-lora embed`: a T5 embedding for every caption of a dataset, in the official pickle format.
+"""`cosmos-lora embed`: T5 caption embeddings (official pickles) and, optionally, the latent cache.
 
-Clips whose embedding already exists and reads back are skipped, so an interrupted run resumes.
+One process per GPU (`launch_embed` starts them through torchrun; on a CPU machine one process).
+Rank r of w takes clips[r::w] of the sorted clip list, so every clip is done exactly once and no
+process needs to talk to another until the end. Work is batched; a CUDA out-of-memory error
+halves the batch and retries it. Clips whose embedding (or current latent) already exists are
+skipped, so an interrupted run resumes. A clip that cannot be encoded is skipped and listed, and
+the rest carry on. Progress and ETA show on rank 0 (its shard is the same size as the others).
+
+    python -m cosmos_lora.data.embed JOB.json      # what torchrun starts on each GPU
 """
 
-from dataclasses import dataclass
+import json
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cosmos_lora.data.embeddings import read_t5_embedding, write_t5_embedding
-from cosmos_lora.data.layout import DatasetLayout
+from cosmos_lora.data.latents import (CACHE_INFO, cache_info, latent_cache_dir, latent_problem, latent_shape,
+                                      video_fingerprint, write_cache_info, write_latent)
+from cosmos_lora.data.layout import FAILED_COLUMNS, DatasetLayout, write_csv
 from cosmos_lora.errors import UserError
+
+DECODE_THREADS = 4  # ffmpeg decodes in its own processes; threads only wait on them
+
+
+@dataclass(frozen=True)
+class LatentSettings:
+    tokenizer_dir: str
+    num_frames: int = 121
+    height: int = 704
+    width: int = 1280
+    pixel_chunk: int = 121
+    batch_size: int = 4  # clips per tokenizer call (halved on out-of-memory)
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """Everything a worker needs; travels to torchrun's processes as JSON."""
+
+    root: str
+    text_encoder_dir: str
+    batch_size: int = 16  # captions per T5 call (halved on out-of-memory)
+    latents: LatentSettings | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "EmbedJob":
+        values = json.loads(text)
+        latents = values.pop("latents")
+        return cls(**values, latents=LatentSettings(**latents) if latents else None)
 
 
 @dataclass
@@ -20,6 +67,86 @@ class EmbedSummary:
     embedded: int
     skipped_existing: int
     missing_captions: list[str]
+    embedded_clips: list[str] = field(default_factory=list)
+    latents_encoded: int = 0
+    latents_skipped_existing: int = 0
+    latent_failures: list[dict] = field(default_factory=list)  # failed.csv rows: source (video), reason
+    latents_dir: str | None = None
+    encoded_clips: list[str] = field(default_factory=list)
+
+    def merge(self, other: "EmbedSummary") -> "EmbedSummary":
+        """The summary of two shards."""
+        def add(name):
+            return getattr(self, name) + getattr(other, name)
+
+        return EmbedSummary(*(add(f) for f in ("embedded", "skipped_existing", "missing_captions", "embedded_clips",
+                                              "latents_encoded", "latents_skipped_existing", "latent_failures")),
+                            latents_dir=self.latents_dir or other.latents_dir,
+                            encoded_clips=add("encoded_clips"))
+
+
+class HalvingBatches:
+    """Runs `fn` over consecutive slices of `items`, halving the slice after a CUDA out-of-memory error.
+
+    The size that fits is kept for later calls, so an out-of-memory error costs one retry per run,
+    not one per batch. At batch size 1 the error is raised.
+    """
+
+    def __init__(self, batch_size: int, on_halve: Callable[[int, int], None] | None = None):
+        if batch_size < 1:
+            raise UserError(f"Batch size {batch_size} is less than 1.", "use a batch size of 1 or more.")
+        self.batch_size = batch_size
+        self.on_halve = on_halve
+
+    def run(self, items: list, fn: Callable[[list], list]) -> Iterator[tuple[list, list]]:
+        """Yields (batch, fn(batch)) in order, every item in exactly one batch that succeeded."""
+        start = 0
+        while start < len(items):
+            batch = items[start : start + self.batch_size]
+            try:
+                outputs = fn(batch)
+            except torch.cuda.OutOfMemoryError:
+                if len(batch) == 1:
+                    raise
+                outputs = None  # leave the except block first so the failed batch's tensors are freed
+            if outputs is None:
+                self._halve(len(batch))
+                continue
+            yield batch, outputs
+            start += len(batch)
+
+    def _halve(self, failed_size: int) -> None:
+        self.batch_size = max(1, failed_size // 2)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.on_halve is not None:
+            self.on_halve(failed_size, self.batch_size)
+
+
+# ---------------------------------------------------------------- T5 caption embeddings
+
+
+def embed_dataset(root: Path, text_encoder_dir: Path, device: torch.device, dtype: torch.dtype, batch_size: int = 16,
+                  rank: int = 0, world_size: int = 1, show_progress: bool = True) -> EmbedSummary:
+    """Writes `t5_xxl/<clip>.pickle` for this rank's share of the clips that lack a valid one."""
+    layout = DatasetLayout(Path(root))
+    clips = _all_clips(layout)[rank::world_size]
+    missing = [c for c in clips if not layout.caption(c).is_file()]
+    todo = [c for c in clips if c not in missing and not _has_valid_embedding(layout.embedding(c))]
+    if todo:
+        from cosmos_lora.model.text_encoder import T5TextEncoder
+
+        encoder = T5TextEncoder(text_encoder_dir, device, dtype)
+        batches = HalvingBatches(batch_size, _halving_note("T5", rank))
+        with _progress(show_progress and rank == 0) as progress:
+            task = progress.add_task("caption embeddings", total=len(todo))
+            for batch, embeddings in batches.run(todo, lambda batch: encoder.encode(
+                    [layout.caption(c).read_text(encoding="utf-8").strip() for c in batch])):
+                for clip, embedding in zip(batch, embeddings):
+                    write_t5_embedding(layout.embedding(clip), embedding)
+                progress.advance(task, len(batch))
+    return EmbedSummary(len(todo), len(clips) - len(missing) - len(todo), [str(layout.caption(c)) for c in missing],
+                        embedded_clips=todo)
 
 
 def _has_valid_embedding(path: Path) -> bool:
@@ -30,31 +157,207 @@ def _has_valid_embedding(path: Path) -> bool:
         return False
 
 
-def embed_dataset(root: Path, text_encoder_dir: Path, device: torch.device, dtype: torch.dtype, batch_size: int = 16) -> EmbedSummary:
-    from cosmos_lora.model.text_encoder import T5TextEncoder
+# ---------------------------------------------------------------- the latent cache
 
+
+def encode_latents(root: Path, settings: LatentSettings, device: torch.device, dtype: torch.dtype, rank: int = 0,
+                   world_size: int = 1, show_progress: bool = True) -> EmbedSummary:
+    """Encodes this rank's share of the clips that lack a current latent into `latent_cache_dir(...)`.
+
+    The pixels are exactly `VideoTextDataset`'s (`read_clip_frames` + `frames_to_video`), so a cached
+    latent equals `VideoTokenizer.encode` of the sample the dataset would have decoded.
+    """
+    from cosmos_lora.data.dataset import frames_to_video, read_clip_frames
+    from cosmos_lora.model.tokenizer import VideoTokenizer
+
+    s = settings
     layout = DatasetLayout(Path(root))
+    cache_dir = latent_cache_dir(layout.root, Path(s.tokenizer_dir), s.num_frames, s.height, s.width, s.pixel_chunk)
+    shape = latent_shape(s.num_frames, s.height, s.width)
+    clips = _all_clips(layout)[rank::world_size]
+    todo = [c for c in clips if latent_problem(cache_dir, c, layout.video(c), shape) is not None]
+    summary = EmbedSummary(0, 0, [], latents_skipped_existing=len(clips) - len(todo), latents_dir=str(cache_dir))
+    if not todo:
+        return summary
+    tokenizer = VideoTokenizer(Path(s.tokenizer_dir), device, dtype, s.pixel_chunk)
+
+    def load(clip: str) -> tuple[np.ndarray, float, str]:
+        video = layout.video(clip)
+        fingerprint = video_fingerprint(video)  # before decoding: it must describe what was decoded
+        frames, fps = read_clip_frames(video, s.num_frames, s.height, s.width)
+        return frames, fps, fingerprint
+
+    def encode(batch: list[tuple[str, np.ndarray, float, str]]) -> torch.Tensor:
+        pixels = torch.from_numpy(np.stack([frames for _, frames, _, _ in batch])).to(device)
+        latents = tokenizer.encode(frames_to_video(pixels)).float().cpu()  # [B, 16, t, h, w]
+        if tuple(latents.shape[1:]) != shape:
+            raise RuntimeError(f"The tokenizer {s.tokenizer_dir} made latents of shape {list(latents.shape[1:])}, "
+                               f"expected {list(shape)} for {s.num_frames}x{s.height}x{s.width}.")
+        return latents
+
+    batches = HalvingBatches(s.batch_size, _halving_note("tokenizer", rank))
+    with _progress(show_progress and rank == 0) as progress, ThreadPoolExecutor(DECODE_THREADS) as pool:
+        task = progress.add_task("latents", total=len(todo))
+        for group in _loaded_groups(pool, todo, load, batches, summary, layout, lambda: progress.advance(task)):
+            for batch, latents in batches.run(group, encode):
+                for (clip, _, fps, fingerprint), latent in zip(batch, latents):
+                    write_latent(cache_dir, clip, latent, fps, fingerprint)
+                    summary.encoded_clips.append(clip)
+                progress.advance(task, len(batch))
+    summary.latents_encoded = len(summary.encoded_clips)
+    return summary
+
+
+def _loaded_groups(pool: ThreadPoolExecutor, clips: list[str], load: Callable, batches: HalvingBatches,
+                   summary: EmbedSummary, layout: DatasetLayout, skipped: Callable[[], None]) -> Iterator[list]:
+    """Decoded clips in groups of the current batch size, the next ones decoding meanwhile.
+
+    A clip that fails to load goes to `summary.latent_failures` and is left out.
+    """
+    pending = deque()
+    remaining = iter(clips)
+    group = []
+
+    def submit() -> None:
+        clip = next(remaining, None)
+        if clip is not None:
+            pending.append((clip, pool.submit(load, clip)))
+
+    for _ in range(2 * batches.batch_size):
+        submit()
+    while pending:
+        clip, future = pending.popleft()
+        submit()
+        try:
+            group.append((clip, *future.result()))
+        except (UserError, OSError) as err:
+            reason = err.problem if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+            summary.latent_failures.append({"source": str(layout.video(clip)), "reason": " ".join(reason.split())})
+            skipped()
+        if len(group) >= batches.batch_size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+# ---------------------------------------------------------------- one worker, and the launch
+
+
+def check_embed_job(job: EmbedJob) -> None:
+    """What can be wrong before any process starts. (The T5 folder is checked when it is loaded: a
+    dataset whose captions are all embedded does not need it.)"""
+    from cosmos_lora.model.tokenizer import TOKENIZER_FILES
+
+    _all_clips(DatasetLayout(Path(job.root)))
+    if job.batch_size < 1 or (job.latents and job.latents.batch_size < 1):
+        raise UserError("A batch size is less than 1.", "use --batch-size and --latent-batch-size of 1 or more.")
+    s = job.latents
+    if s is None:
+        return
+    missing = [name for name in TOKENIZER_FILES if not (Path(s.tokenizer_dir) / name).is_file()]
+    if missing:
+        raise UserError(f"The tokenizer folder {s.tokenizer_dir} lacks {', '.join(missing)}.",
+                        "run `cosmos-lora download`, or pass --tokenizer with a Cosmos tokenizer folder.")
+    if s.height % 16 or s.width % 16 or s.height <= 0 or s.width <= 0 or s.num_frames < 1 or (s.num_frames - 1) % 8:
+        raise UserError(f"Latent size {s.num_frames}x{s.height}x{s.width} (frames x H x W) is not 1+8k frames of "
+                        "multiples of 16.", "use the training size, e.g. --frames 121 --resolution 704 1280.")
+    if s.pixel_chunk < 1 or (s.num_frames > s.pixel_chunk and s.num_frames % s.pixel_chunk):
+        raise UserError(f"{s.num_frames} frames cannot be encoded in chunks of {s.pixel_chunk}.",
+                        "use --pixel-chunk 121 (the tokenizer's) with at most 121 frames, or a multiple of it.")
+
+
+def run_embed(job: EmbedJob, dist_info, show_progress: bool = True) -> EmbedSummary:
+    """This process's share of the job; every rank returns the summary of all of them."""
+    import torch.distributed as dist
+
+    device = dist_info.device
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rank, world = dist_info.rank, dist_info.world_size
+    summary = embed_dataset(Path(job.root), Path(job.text_encoder_dir), device, dtype, job.batch_size, rank, world,
+                            show_progress)
+    if job.latents is not None:
+        s = job.latents
+        cache_dir = latent_cache_dir(Path(job.root), Path(s.tokenizer_dir), s.num_frames, s.height, s.width,
+                                     s.pixel_chunk)
+        if rank == 0 and not (cache_dir / CACHE_INFO).is_file():  # describes the run that made the cache
+            write_cache_info(cache_dir, cache_info(Path(s.tokenizer_dir), s.num_frames, s.height, s.width,
+                                                   s.pixel_chunk, dtype))
+        summary = summary.merge(encode_latents(Path(job.root), s, device, dtype, rank, world, show_progress))
+    if dist_info.enabled:
+        shards = [None] * world
+        dist.all_gather_object(shards, summary)
+        summary = shards[0]
+        for shard in shards[1:]:
+            summary = summary.merge(shard)
+    if job.latents is not None and rank == 0:
+        write_csv(Path(summary.latents_dir) / "failed.csv", FAILED_COLUMNS, summary.latent_failures)
+    return summary
+
+
+def launch_embed(job: EmbedJob, nproc: int, show_progress: bool = True) -> EmbedSummary:
+    """Runs the job in this process (one process, or already under torchrun) or in `nproc` through torchrun."""
+    from cosmos_lora.distributed import (close_distributed, init_distributed, launched_by_torchrun, run_torchrun,
+                                         torchrun_command)
+
+    check_embed_job(job)
+    if launched_by_torchrun() or nproc == 1:
+        try:
+            return run_embed(job, init_distributed(), show_progress)
+        finally:
+            close_distributed()
+    with tempfile.TemporaryDirectory(prefix="cosmos-lora-embed-") as folder:
+        job_file, summary_file = Path(folder) / "job.json", Path(folder) / "summary.json"
+        job_file.write_text(job.to_json(), encoding="utf-8")
+        code = run_torchrun(torchrun_command("cosmos_lora.data.embed", [str(job_file), str(summary_file)], nproc))
+        if code != 0 or not summary_file.is_file():
+            raise UserError(f"Embedding failed in a worker process (exit code {code}); see the messages above.",
+                            "fix what they name and rerun the same command: finished embeddings and latents are kept.")
+        return EmbedSummary(**json.loads(summary_file.read_text(encoding="utf-8")))
+
+
+def main(argv: list[str]) -> int:
+    """torchrun's entry: `python -m cosmos_lora.data.embed JOB.json SUMMARY.json`; exit 1 on a user error."""
+    from cosmos_lora.distributed import close_distributed, init_distributed
+
+    job = EmbedJob.from_json(Path(argv[0]).read_text(encoding="utf-8"))
+    dist_info = init_distributed()
+    try:
+        summary = run_embed(job, dist_info)
+        if dist_info.is_main:
+            Path(argv[1]).write_text(json.dumps(asdict(summary)), encoding="utf-8")
+        return 0
+    except UserError as error:
+        print(f"Error (rank {dist_info.rank}): {error}", file=sys.stderr)
+        return 1
+    finally:
+        close_distributed()
+
+
+# ---------------------------------------------------------------- plumbing
+
+
+def _all_clips(layout: DatasetLayout) -> list[str]:
     clips = layout.clips()
     if not clips:
-        raise UserError(f"Dataset {root} has no videos.", "run `cosmos-lora prepare` first, or check --dataset.")
-    missing = [c for c in clips if not layout.caption(c).is_file()]
-    todo = [c for c in clips if c not in missing and not _has_valid_embedding(layout.embedding(c))]
-    skipped = len(clips) - len(missing) - len(todo)
-    if todo:
-        encoder = T5TextEncoder(text_encoder_dir, device, dtype)
-        with _progress() as progress:
-            task = progress.add_task("embed", total=len(todo))
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start : start + batch_size]
-                captions = [layout.caption(c).read_text(encoding="utf-8").strip() for c in batch]
-                for clip, embedding in zip(batch, encoder.encode(captions)):
-                    write_t5_embedding(layout.embedding(clip), embedding)
-                progress.advance(task, len(batch))
-    return EmbedSummary(len(todo), skipped, [str(layout.caption(c)) for c in missing])
+        raise UserError(f"Dataset {layout.root} has no videos.", "run `cosmos-lora prepare` first, or check --dataset.")
+    return clips
 
 
-def _progress() -> Progress:
+def _halving_note(what: str, rank: int) -> Callable[[int, int], None]:
+    def note(failed: int, now: int) -> None:
+        print(f"rank {rank}: {what} ran out of GPU memory at batch {failed}; retrying with batch {now}.",
+              file=sys.stderr)
+
+    return note
+
+
+def _progress(enabled: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-        TimeRemainingColumn(), console=Console(stderr=True),
+        TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled,
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,42 +1,37 @@
 """Raw captioned videos -> fixed-length training clips in the dataset layout (`cosmos-lora prepare`).
 
-Three steps, kept apart so new sources (Vript, Panda-70M, ...) only add a parser:
-  1. a source parser lists `SourceVideo`s with their captions (`find_folder_sources`);
-  2. a planner turns each source into `ClipJob`s, one per output clip (`plan_windows` cuts
-     non-overlapping windows from the start; a time-stamped source would make its own jobs);
+Three steps, kept apart so a new source only adds a parser:
+  1. a source parser (`cosmos_lora.data.sources`: a folder with captions, Vript, Panda-70M) lists
+     `SourceVideo`s with their captions, whole-video or time-stamped;
+  2. a planner turns each source into `ClipJob`s, one per output clip (`plan_clips`):
+     non-overlapping windows from the start, captioned by the video's caption or by the scene that
+     overlaps the window longest; or, for captioned time ranges, windows inside each range;
   3. a worker cuts all jobs of one source in a single decoding pass (`cut_source`).
 
 A long job must survive bad inputs and interruptions: a broken source is listed in `failed.csv`
 and the rest carry on; a clip already on disk with the right frame count and size is kept, so
 rerunning the same command resumes; every clip is written to a temporary file, renamed, then
-probed to verify it.
+probed to verify it. Vript sources are split into one dataset per category:
+`<out_root>/<category-slug>/`, each with its own `index.csv`; `failed.csv` sits in `out_root`.
 """
 
-import csv
-import json
+import math
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from cosmos_lora.data.layout import FAILED_COLUMNS, DatasetLayout, update_index, write_csv
-from cosmos_lora.data.video import VideoWriter, iter_video_frames, probe_video, resize_cover_crop
+from cosmos_lora.data.sources import SOURCE_SUFFIXES, SourceVideo, TimedCaption, find_sources
+from cosmos_lora.data.sources import relative as _relative
+from cosmos_lora.data.video import VideoWriter, count_frames, iter_video_frames, probe_video, resize_cover_crop
 from cosmos_lora.errors import UserError
 from cosmos_lora.paths import atomic_path
 
-SOURCE_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
-CAPTION_TABLES = ("captions.csv", "captions.jsonl")
-
-
-@dataclass(frozen=True)
-class SourceVideo:
-    path: Path
-    name: str  # unique within the source folder; clips are named `<name>_<k:03d>`
-    caption: str
-    caption_source: str  # "sidecar", "captions.csv" or "captions.jsonl"
+TOO_SHORT = "too short"  # the start of every failed.csv reason counted as a short video, not a failure
 
 
 @dataclass(frozen=True)
@@ -50,6 +45,7 @@ class ClipJob:
     clip: str
     fps: float
     loop_pad: bool = False  # the source is shorter than a clip: repeat it from the start
+    domain: str = ""  # the clip goes to `<out_root>/<domain>/`
 
 
 @dataclass
@@ -67,27 +63,36 @@ class PrepareSummary:
     videos_too_short: int
     videos_failed: int
     out_root: Path
+    source_format: str = "folder"
+    clips_per_domain: dict[str, int] = field(default_factory=dict)  # "" is out_root itself
+
+    @property
+    def datasets(self) -> list[Path]:
+        """The dataset folders that hold clips (several for Vript, one per category)."""
+        return [self.out_root / domain if domain else self.out_root for domain in sorted(self.clips_per_domain)]
 
 
 def prepare_clips(src: Path, out_root: Path, clip_frames: int = 121, max_clips_per_video: int | None = None,
                   height: int = 720, width: int = 1280, workers: int = os.cpu_count(),
-                  pad: bool = False, show_progress: bool = True) -> PrepareSummary:
-    """Cuts every captioned video under `src` into clips of `clip_frames` frames at height x width.
+                  pad: bool = False, show_progress: bool = True, source_format: str = "auto") -> PrepareSummary:
+    """Cuts every captioned video of `src` into clips of `clip_frames` frames at height x width.
 
-    Windows do not overlap and start at frame 0; at most `max_clips_per_video` per source. Each clip
-    keeps its source's fps and is cover-resized and centre-cropped. Writes `videos/`, `metas/`,
-    `index.csv` and `failed.csv` under `out_root`. Sources shorter than one clip are skipped and
-    counted (with `pad`, loop-padded to one clip instead). The progress bar goes to stderr; turn it
-    off with `show_progress=False` (for `--json` or quiet output).
+    `source_format` is folder, vript, panda or auto (see `cosmos_lora.data.sources`). Windows do not
+    overlap; at most `max_clips_per_video` per source. Each clip keeps its source's fps and is
+    cover-resized and centre-cropped. Writes `videos/`, `metas/`, `index.csv` under `out_root` (Vript:
+    under `out_root/<category>/`) and `failed.csv` in `out_root`. Sources shorter than one clip are
+    skipped and counted (with `pad`, whole videos are loop-padded to one clip instead). The progress
+    bar goes to stderr; turn it off with `show_progress=False` (for `--json` or quiet output).
     """
     src, out_root = Path(src), Path(out_root)
     _check_arguments(src, clip_frames, max_clips_per_video, height, width, workers)
-    sources, failures = find_folder_sources(src, exclude=out_root)
+    sources, failures, source_format = find_sources(src, source_format, exclude=out_root)
+    folder = src.parent if src.is_file() else src
     if not sources and not failures:
         raise UserError(f"No videos ({', '.join(SOURCE_SUFFIXES)}) found under {src}.",
                         "pass the folder that holds the raw videos (it is searched recursively).")
     with _progress(show_progress) as progress, _executor(workers, len(sources)) as pool:
-        planner = _Call(plan_windows, clip_frames=clip_frames, max_clips=max_clips_per_video, pad=pad)
+        planner = _Call(plan_clips, clip_frames=clip_frames, max_clips=max_clips_per_video, pad=pad)
         plans = list(_map(pool, planner, sources, progress.add_task("probing sources", total=len(sources)),
                           progress))
         all_jobs = [jobs for _, (jobs, _) in plans if jobs]
@@ -95,126 +100,40 @@ def prepare_clips(src: Path, out_root: Path, clip_frames: int = 121, max_clips_p
         cut_task = progress.add_task("cutting clips", total=sum(len(jobs) for jobs in all_jobs))
         cuts = list(_map(pool, cutter, all_jobs, cut_task, progress, advance=len))
 
-    too_short = [{"source": _relative(src, s.path), "reason": reason} for s, (jobs, reason) in plans
-                 if not jobs and reason.startswith("too short")]
-    failures += [{"source": _relative(src, s.path), "reason": reason} for s, (jobs, reason) in plans
-                 if not jobs and not reason.startswith("too short")]
-    failures += [{"source": _relative(src, r.source), "reason": r.failure} for _, r in cuts if r.failure]
+    too_short = [{"source": _relative(folder, s.path), "reason": reason} for s, (jobs, reason) in plans
+                 if not jobs and reason.startswith(TOO_SHORT)]
+    failures += [{"source": _relative(folder, s.path), "reason": reason} for s, (jobs, reason) in plans
+                 if not jobs and not reason.startswith(TOO_SHORT)]
+    failures += [{"source": _relative(folder, r.source), "reason": r.failure} for _, r in cuts if r.failure]
     done = {clip for _, r in cuts for clip in r.written + r.existing}
-    layout = DatasetLayout(out_root)
-    update_index(layout, [_index_row(src, job, clip_frames, height, width)
-                          for jobs in all_jobs for job in jobs if job.clip in done])
-    write_csv(layout.failed_csv, FAILED_COLUMNS, sorted(failures + too_short, key=lambda row: row["source"]))
+    per_domain: dict[str, list[dict]] = {}
+    for job in (job for jobs in all_jobs for job in jobs if job.clip in done):
+        per_domain.setdefault(job.domain, []).append(_index_row(folder, job, clip_frames, height, width))
+    for domain, rows in per_domain.items():
+        update_index(DatasetLayout(out_root / domain), rows)
+    write_csv(DatasetLayout(out_root).failed_csv, FAILED_COLUMNS,
+              sorted(failures + too_short, key=lambda row: row["source"]))
     return PrepareSummary(clips_written=sum(len(r.written) for _, r in cuts),
                           clips_skipped_existing=sum(len(r.existing) for _, r in cuts),
                           videos_too_short=len(too_short), videos_failed=len({row["source"] for row in failures}),
-                          out_root=out_root)
+                          out_root=out_root, source_format=source_format,
+                          clips_per_domain={domain: len(rows) for domain, rows in sorted(per_domain.items())})
 
 
-# ---------------------------------------------------------------- 1. source parsing: a folder of videos
+# ---------------------------------------------------------------- 2. planning: which windows, which caption
 
 
-def find_folder_sources(src: Path, exclude: Path | None = None) -> tuple[list[SourceVideo], list[dict]]:
-    """Videos under `src` (recursive) with their captions, and `failed.csv` rows for those without one.
-
-    A caption comes from a `.txt` sidecar with the video's stem, else from `captions.csv`
-    (`path,caption`) or `captions.jsonl` (`{"path": ..., "caption": ...}`) at the top of `src`, with
-    paths relative to `src`.
-    """
-    paths = _find_videos(src, exclude)
-    table = _read_caption_tables(src)
-    names = _unique_names(src, paths)
-    sources, failures = [], []
-    for path in paths:
-        relative = _relative(src, path)
-        sidecar = path.with_suffix(".txt")
-        caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
-        caption_source = "sidecar"
-        if not caption and relative in table:
-            caption, caption_source = table[relative]
-        if caption:
-            sources.append(SourceVideo(path, names[path], caption, caption_source))
-        else:
-            failures.append({"source": relative, "reason": f"no caption: add {sidecar.name} beside it or a row "
-                                                          f"in {CAPTION_TABLES[0]} / {CAPTION_TABLES[1]}"})
-    found = {_relative(src, path) for path in paths}
-    for listed, (_, table_name) in table.items():
-        if listed not in found:
-            failures.append({"source": listed, "reason": f"listed in {table_name} but no such video under {src}"})
-    return sources, failures
-
-
-def _find_videos(src: Path, exclude: Path | None) -> list[Path]:
-    exclude = exclude.resolve() if exclude is not None else None
-    paths = []
-    for path in sorted(src.rglob("*")):
-        if path.suffix.lower() not in SOURCE_SUFFIXES or not path.is_file():
-            continue
-        if any(part.startswith(".") for part in path.relative_to(src).parts):
-            continue  # hidden files, including our own half-written temporary files
-        if exclude is not None and path.resolve().is_relative_to(exclude):
-            continue  # the output folder may sit inside the source folder
-        paths.append(path)
-    return paths
-
-
-def _read_caption_tables(src: Path) -> dict[str, tuple[str, str]]:
-    """{path relative to src: (caption, table file name)} from captions.csv and captions.jsonl."""
-    table = {}
-    for name in CAPTION_TABLES:
-        file = src / name
-        if file.is_file():
-            rows = _read_csv_captions(file) if name.endswith(".csv") else _read_jsonl_captions(file)
-            table.update({_normalise(src, path): (caption.strip(), name) for path, caption in rows if caption.strip()})
-    return table
-
-
-def _read_csv_captions(file: Path) -> list[tuple[str, str]]:
-    with open(file, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if not {"path", "caption"} <= set(reader.fieldnames or []):
-            raise UserError(f"{file} has columns {reader.fieldnames}; it needs a header row with 'path' and 'caption'.",
-                            "make the first line `path,caption` and quote captions that contain commas.")
-        return [(row["path"] or "", row["caption"] or "") for row in reader]
-
-
-def _read_jsonl_captions(file: Path) -> list[tuple[str, str]]:
-    rows = []
-    for line_number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            rows.append((str(record["path"]), str(record["caption"])))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{file} line {line_number} is not a JSON object with 'path' and 'caption'.",
-                            'write one object per line: {"path": "sub/video.mp4", "caption": "..."}.') from None
-    return rows
-
-
-def _normalise(src: Path, listed: str) -> str:
-    """A caption table path as the posix path relative to `src` (absolute paths inside src allowed)."""
-    path = Path(listed.strip())
-    if path.is_absolute():
-        try:
-            return path.resolve().relative_to(src.resolve()).as_posix()
-        except ValueError:
-            return path.as_posix()
-    return PurePosixPath(listed.strip().replace("\\", "/")).as_posix().removeprefix("./")
-
-
-def _unique_names(src: Path, paths: list[Path]) -> dict[Path, str]:
-    """The stem, or for stems found twice (`a/x.mp4`, `b/x.mov`) the relative path, so clips never collide."""
-    stems = [path.stem for path in paths]
-    return {path: path.stem if stems.count(path.stem) == 1 else _relative(src, path).replace("/", "_").replace(".", "_")
-            for path in paths}
-
-
-def _relative(src: Path, path: Path) -> str:
-    return path.relative_to(src).as_posix()
-
-
-# ---------------------------------------------------------------- 2. planning: windows from the start
+def plan_clips(source: SourceVideo, clip_frames: int, max_clips: int | None,
+               pad: bool) -> tuple[list[ClipJob], str | None]:
+    """Jobs for one source, or ([], reason) when it is broken, too short or nothing could be captioned."""
+    if source.ranges:
+        return plan_range_windows(source, clip_frames, max_clips)
+    jobs, reason = plan_windows(source, clip_frames, max_clips, pad)
+    if source.scenes and jobs:
+        jobs = [caption_by_overlap(job, source.scenes, clip_frames) for job in jobs]
+        jobs = [job for job in jobs if job is not None]
+        reason = None if jobs else "no scene's time stamps overlap any clip window (are they in seconds?)"
+    return jobs, reason
 
 
 def plan_windows(source: SourceVideo, clip_frames: int, max_clips: int | None,
@@ -233,22 +152,71 @@ def plan_windows(source: SourceVideo, clip_frames: int, max_clips: int | None,
     if max_clips:
         num_windows = min(num_windows, max_clips)
     if num_windows == 0 and not pad:
-        return [], f"too short: {info.frames} frames < {clip_frames} per clip (use pad to loop it)"
+        return [], f"{TOO_SHORT}: {info.frames} frames < {clip_frames} per clip (use pad to loop it)"
     starts = [k * clip_frames for k in range(num_windows)] or [0]  # [0] alone: one loop-padded clip
     return [ClipJob(source.path, start, source.caption, source.caption_source, f"{source.name}_{k:03d}",
-                    info.fps, loop_pad=num_windows == 0) for k, start in enumerate(starts)], None
+                    info.fps, loop_pad=num_windows == 0, domain=source.domain) for k, start in enumerate(starts)], None
+
+
+def caption_by_overlap(job: ClipJob, scenes: tuple[TimedCaption, ...], clip_frames: int) -> ClipJob | None:
+    """The job captioned by the scene its time span overlaps longest (ties: the earlier scene), or None.
+
+    A clip of frames [s, s + n) at f fps shows [s / f, (s + n) / f) seconds of the source.
+    """
+    start = job.start_frame / job.fps
+    end = start + clip_frames / job.fps
+    overlaps = [min(end, scene.end) - max(start, scene.start) for scene in scenes]
+    best = max(range(len(scenes)), key=lambda i: (overlaps[i], -i))
+    if overlaps[best] <= 0:
+        return None
+    return replace(job, caption=scenes[best].caption, caption_source=scenes[best].label)
+
+
+def plan_range_windows(source: SourceVideo, clip_frames: int,
+                       max_clips: int | None) -> tuple[list[ClipJob], str | None]:
+    """Jobs for non-overlapping windows inside each captioned range, each with that range's caption.
+
+    Range r covers frames ceil(start * fps) .. floor(end * fps) (exclusive), cut at the video's end;
+    its windows start at its first frame. With `max_clips`, the first window of every range comes
+    before the second of any, so a limit spreads clips over the captions. Clips are named
+    `<name>_<r:03d>_<k:03d>` (range r, window k), so the names do not depend on the limit.
+    """
+    try:
+        fps = probe_video(source.path, max_frames=1).fps
+        last = max(_frame_at(scene.end, fps, math.floor) for scene in source.ranges)
+        frames = count_frames(source.path, limit=max(last, 1))
+    except UserError as err:
+        return [], _one_line(err.problem)
+    candidates = []  # (window k, range r, start frame)
+    for r, scene in enumerate(source.ranges):
+        first, stop = _frame_at(scene.start, fps, math.ceil), min(_frame_at(scene.end, fps, math.floor), frames)
+        windows = max(stop - first, 0) // clip_frames
+        candidates += [(k, r, first + k * clip_frames) for k in range(windows)]
+    if not candidates:
+        longest = max(min(_frame_at(s.end, fps, math.floor), frames) - _frame_at(s.start, fps, math.ceil)
+                      for s in source.ranges)
+        return [], f"{TOO_SHORT}: no captioned range holds {clip_frames} frames (longest: {max(longest, 0)})"
+    chosen = sorted(candidates)[:max_clips] if max_clips else candidates
+    return [ClipJob(source.path, start, source.ranges[r].caption, source.ranges[r].label,
+                    f"{source.name}_{r:03d}_{k:03d}", fps, domain=source.domain)
+            for k, r, start in sorted(chosen, key=lambda c: c[2])], None
+
+
+def _frame_at(seconds: float, fps: float, rounding: Callable[[float], int]) -> int:
+    """The frame boundary at `seconds`; the rounding of 1e-6 s guards against 0.1 * 30 = 3.0000000000000004."""
+    return int(rounding(round(seconds * fps, 6)))
 
 
 # ---------------------------------------------------------------- 3. cutting: one decoding pass per source
 
 
 def cut_source(jobs: list[ClipJob], out_root: Path, clip_frames: int, height: int, width: int) -> CutResult:
-    """Writes every clip of one source (all jobs share `source`), skipping clips already complete.
+    """Writes every clip of one source (all jobs share `source` and `domain`), skipping clips already complete.
 
     Never raises for a bad source: the reason comes back in `CutResult.failure`, with the clips
     finished before the problem kept.
     """
-    layout = DatasetLayout(Path(out_root))
+    layout = DatasetLayout(Path(out_root) / jobs[0].domain)
     result = CutResult(source=jobs[0].source)
     todo = []
     for job in jobs:
@@ -335,8 +303,9 @@ def _write_text(path: Path, text: str) -> None:
 
 def _check_arguments(src: Path, clip_frames: int, max_clips: int | None, height: int, width: int,
                      workers: int) -> None:
-    if not src.is_dir():
-        raise UserError(f"Source folder {src} does not exist.", "pass the folder that holds the raw videos.")
+    if not src.is_dir() and not (src.is_file() and src.suffix == ".csv"):
+        raise UserError(f"Source folder {src} does not exist.",
+                        "pass the folder that holds the raw videos (or a Panda-70M style CSV beside them).")
     if height % 16 or width % 16 or height <= 0 or width <= 0:
         raise UserError(f"Clip size {height}x{width} (HxW) is not a multiple of 16 in both dimensions; the video "
                         "tokenizer (8x) and the DiT patches (2x) need that.",
@@ -349,8 +318,8 @@ def _check_arguments(src: Path, clip_frames: int, max_clips: int | None, height:
         raise UserError(f"workers must be at least 1, got {workers}.", "use 1 to run in this process.")
 
 
-def _index_row(src: Path, job: ClipJob, clip_frames: int, height: int, width: int) -> dict:
-    return {"clip": job.clip, "source": _relative(src, job.source), "start_frame": job.start_frame,
+def _index_row(folder: Path, job: ClipJob, clip_frames: int, height: int, width: int) -> dict:
+    return {"clip": job.clip, "source": _relative(folder, job.source), "start_frame": job.start_frame,
             "start_time": round(job.start_frame / job.fps, 6), "fps": round(job.fps, 6), "frames": clip_frames,
             "height": height, "width": width, "caption_source": job.caption_source}
 
