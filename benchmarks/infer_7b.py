@@ -1,0 +1,51 @@
+"""`cosmos-lora infer` on the 7B architecture: one 121x704x1280 video, 35 steps, CFG 7, one GPU.
+
+Builds the fake 7B world (`fake_world_7b.py`), runs the real CLI end to end (T5 stand-in, DiT
+sampling, tokenizer stand-in decode, mp4 writing) and reports the video's sidecar timings: total
+seconds, sampling seconds per CFG step (one batch-2 forward), decode seconds, peak GPU memory.
+
+    python benchmarks/infer_7b.py --root /tmp/world --out result.json
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+PROMPT = "A red sports car drives along a coastal road at sunset, the camera tracking alongside."
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=35)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world_7b.py")), "--root", str(args.root), "--clips", "1"],
+                   check=True)
+    env = os.environ | {"COSMOS_LORA_CHECKPOINTS": str(args.root / "checkpoints"), "COSMOS_LORA_OUTPUTS": str(args.root / "outputs")}
+    command = ["cosmos-lora", "infer", "--prompt", PROMPT, "--stages", "original", "--steps", str(args.steps), "--name", "bench"]
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cosmos_lora", *command[1:]], env=env, check=True)
+    wall = time.perf_counter() - started
+    sidecar = next((args.root / "outputs" / "infer" / "bench" / "original").glob("*/seed_0.json"))
+    meta = json.loads(sidecar.read_text())
+    report = {
+        "gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+        "command": " ".join(command), "size": f"{meta['frames']}x{meta['height']}x{meta['width']}",
+        "steps": meta["steps"], "guidance": meta["guidance"],
+        "video_seconds": meta["seconds"], "sample_seconds": meta["sample_seconds"],
+        "seconds_per_cfg_step": meta["seconds_per_step"], "decode_seconds": meta["decode_seconds"],
+        "gpu_peak_gb": meta.get("gpu_peak_gb"), "cli_wall_seconds_incl_loading": round(wall, 1),
+    }
+    args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
