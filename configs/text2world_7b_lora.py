@@ -33,6 +33,7 @@ config = lazy_dict(
         sigma_p_mean=0.0,
         sigma_p_std=1.0,
         activation_checkpointing=1.0,  # fraction of blocks recomputed in backward (1 = all, 0 = none)
+        latent_cache=True,  # train on <dataset>/latents/<key>/ when `cosmos-lora embed --latents` made it
         lora=dict(rank=8, scale=1.0, first_blocks=None, extra_targets=[]),
     ),
     trainer=dict(
@@ -52,6 +53,7 @@ config = lazy_dict(
             num_frames="${model.num_frames}",
             height="${model.resolution[0]}",
             width="${model.resolution[1]}",
+            latents_dir=None,  # filled in at launch when a matching latent cache exists
         ),
         batch_size=1,  # per GPU; raise trainer.grad_accum rather than this to avoid running out of memory
         num_workers=4,

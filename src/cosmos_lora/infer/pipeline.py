@@ -165,15 +165,26 @@ class Text2WorldGenerator:
             return
         (self.net.enable_adapters if stage == "lora" else self.net.disable_adapters)()
 
-    def generate(self, text: torch.Tensor, negative: torch.Tensor, seed: int, on_step=None) -> np.ndarray:
+    def generate(self, text: torch.Tensor, negative: torch.Tensor, seed: int, on_step=None) -> tuple[np.ndarray, dict]:
+        """uint8 `[T, H, W, 3]` frames and where the time went (sampling, decoding, peak GPU memory)."""
         s = self.settings
         shape = (1, 16, latent_frames(s.frames), s.height // 8, s.width // 8)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
         cond = {"crossattn_emb": text.to(self.device, self.dtype)[None], "fps": float(s.fps)}
         uncond = {**cond, "crossattn_emb": negative.to(self.device, self.dtype)[None]}
+        started = time.perf_counter()
         latents = sample_latents(self.net, noise, cond, uncond, s.steps, s.guidance, on_step=on_step)
+        sampled = time.perf_counter()
         video = self.tokenizer.decode((latents / SIGMA_DATA).to(self.dtype))
-        return video_to_uint8(video[0]).numpy()
+        frames = video_to_uint8(video[0]).numpy()  # the copy to the host waits for the GPU
+        timings = {
+            "sample_seconds": round(sampled - started, 3),
+            "seconds_per_step": round((sampled - started) / s.steps, 4),
+            "decode_seconds": round(time.perf_counter() - sampled, 3),
+        }
+        if self.device.type == "cuda":
+            timings["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 1e9, 2)
+        return frames, timings
 
 
 def embed_prompts(settings: InferSettings, jobs: list[Job], device: torch.device) -> dict[str, torch.Tensor]:
@@ -212,12 +223,12 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
                 progress.reset(steps_task, description=f"{stage}: {job.prompt.name} seed {job.seed}")
                 started = time.perf_counter()
                 generator.set_stage(stage)
-                outputs[stage] = generator.generate(
+                outputs[stage], timings = generator.generate(
                     embeddings[job.prompt.text], embeddings[job.prompt.negative], job.seed,
                     on_step=lambda i, x0, x: progress.advance(steps_task),
                 )
-                seconds = time.perf_counter() - started
-                written.append(_write_stage(settings, job, stage, outputs[stage], seconds, generator.adapter))
+                timings["seconds"] = round(time.perf_counter() - started, 3)
+                written.append(_write_stage(settings, job, stage, outputs[stage], timings, generator.adapter))
                 progress.advance(videos_task)
             if len(stages) == 2:
                 frames = side_by_side([outputs[s] for s in stages], [STAGE_LABELS[s] for s in stages])
@@ -225,7 +236,7 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
     return written
 
 
-def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, seconds: float, adapter) -> Path:
+def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, timings: dict, adapter) -> Path:
     """The video, then `prompt.txt`, then the sidecar: a video without its sidecar counts as unfinished."""
     path = video_path(settings.out_dir, stage, job)
     write_video(path, frames, settings.fps)
@@ -235,7 +246,7 @@ def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarr
         "seed": job.seed, "stage": stage, "steps": settings.steps, "guidance": settings.guidance, "fps": settings.fps,
         "height": settings.height, "width": settings.width, "frames": settings.frames, "precision": settings.precision,
         "dit": str(settings.dit), "tokenizer": str(settings.tokenizer), "text_encoder": str(settings.text_encoder),
-        "seconds": round(seconds, 3), "seconds_per_step": round(seconds / settings.steps, 4),
+        **timings,
         **(adapter.describe(settings.lora_scale) if stage == "lora" and adapter else {}),
         **settings.extra_meta,
     }

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from cosmos_lora.config import LazyDict, apply_overrides, load_preset, resolved, save_config
 from cosmos_lora.data.dataset import require_valid_dataset
+from cosmos_lora.data.latents import latent_cache_dir
 from cosmos_lora.data.layout import DatasetLayout
 from cosmos_lora.distributed import launched_by_torchrun, run_torchrun, torchrun_command, visible_gpus
 from cosmos_lora.errors import UserError
@@ -30,7 +31,7 @@ RESUME_MAY_CHANGE = (
     "trainer.max_iter", "trainer.epochs", "scheduler.max_iter", "trainer.log_every", "trainer.validate_every",
     "checkpoint.save_every", "checkpoint.keep_states", "dataloader_train.num_workers", "dataloader_train.pin_memory",
     "model.activation_checkpointing", "model.checkpoints_dir", "job.runs_dir", "job.run_dir",
-    "dataloader_train.dataset.root",
+    "dataloader_train.dataset.root", "dataloader_train.dataset.latents_dir", "model.latent_cache",
 )
 # Seconds torchrun waits after forwarding a SIGTERM before it SIGKILLs the workers. Its default,
 # 30 s, is shorter than one 7B step at 121x704x1280 with accumulation: they could not finish and save.
@@ -75,11 +76,24 @@ def build_experiment(
     config.model.checkpoints_dir = str(roots.checkpoints)
     config.job.runs_dir = str(roots.outputs / "runs")
     config.dataloader_train.dataset.root = str(roots.dataset(dataset))
+    config.dataloader_train.dataset.latents_dir = _latent_cache(config, roots)
     if config.trainer.epochs:
         config.trainer.max_iter = _steps_for_epochs(config, launch.world_size)
     config = resolved(config)
     config.job.run_dir = str(Path(config.job.runs_dir) / (config.job.name or saved_run or _derived_name(config)))
     return config
+
+
+def _latent_cache(config: LazyDict, roots: Roots) -> str | None:
+    """The dataset's latent cache for exactly this tokenizer, size and frame count, if one was made."""
+    if not config.model.latent_cache:
+        return None
+    height, width = config.model.resolution
+    cache = latent_cache_dir(
+        Path(config.dataloader_train.dataset.root), roots.checkpoints / config.model.tokenizer,
+        config.model.num_frames, height, width, config.model.pixel_chunk_duration,
+    )
+    return str(cache) if cache.is_dir() else None
 
 
 def _missing_dataset():
@@ -122,7 +136,11 @@ def check_inputs(config: LazyDict) -> None:
             f"Training size {config.model.num_frames}x{height}x{width} is not 1+8k frames of multiples of 16.",
             "use e.g. 121 frames at 704x1280.",
         )
-    require_valid_dataset(Path(config.dataloader_train.dataset.root), config.model.num_frames, height, width, config.job.dataset)
+    latents = config.dataloader_train.dataset.latents_dir
+    require_valid_dataset(
+        Path(config.dataloader_train.dataset.root), config.model.num_frames, height, width, config.job.dataset,
+        latents_dir=Path(latents) if latents else None,
+    )
 
 
 def prepare_run_dir(config: LazyDict, resume: bool) -> Path:

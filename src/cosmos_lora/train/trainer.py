@@ -145,8 +145,11 @@ class Trainer:
         return total, grad_norm, lr
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
-        video = batch["video"].to(self.device, non_blocking=True)
-        x0 = self.tokenizer.encode(video).float() * SIGMA_DATA
+        if "latent" in batch:  # from the latent cache (`embed --latents`): no video decode or encode
+            latent = batch["latent"].to(self.device, non_blocking=True).float()
+        else:
+            latent = self.tokenizer.encode(batch["video"].to(self.device, non_blocking=True)).float()
+        x0 = latent * SIGMA_DATA
         text = batch["t5_text_embeddings"].to(self.device, non_blocking=True)
         keep = torch.rand(text.shape[0], generator=self.noise_generator) >= self.config.model.text_dropout
         text = text * keep.to(self.device, text.dtype).view(-1, 1, 1)

@@ -1,0 +1,212 @@
+"""What `cosmos-lora runs` reports: each run folder summarised from the files the trainer writes.
+
+    config.yaml    dataset, rank, scale, lr, total steps        (the resolved experiment)
+    status.json    running | finished | interrupted | failed    (rank 0 writes it at start and end)
+    metrics.csv    step, loss, loss_smoothed, lr, s_per_step...  (one row per logged step)
+    latest.json    the newest complete save
+
+A run killed without warning (SIGKILL, the OOM killer, a lost node) leaves status.json at "running"
+for ever. It is shown as "stale" when no trainer process for it runs on this machine and the run has
+written nothing for STALE_AFTER_S or five logging intervals, whichever is longer. A run never started
+(config only) is "new".
+"""
+
+import csv
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from cosmos_lora.errors import UserError
+from cosmos_lora.paths import atomic_path
+from cosmos_lora.train.checkpointer import LATEST, read_latest
+from cosmos_lora.train.status import STATUS, read_status
+
+STALE_AFTER_S = 30 * 60  # a 7B step is ~20 s and rows come every log_every steps; saves take seconds
+METRICS = "metrics.csv"
+WORKER_MODULE = "cosmos_lora.train.worker"
+
+
+@dataclass
+class RunSummary:
+    name: str
+    path: str
+    dataset: str | None
+    rank: int | None
+    scale: float | None
+    lr: float | None
+    steps_done: int
+    steps_total: int | None
+    loss_smoothed: float | None  # last logged, 0.9-EMA of the loss
+    state: str  # new, running, stale, finished, interrupted, failed
+    size_bytes: int
+    last_write: str | None  # ISO time of the newest config/status/metrics/save write
+    quiet_s: float | None  # seconds since then
+    latest_save: int | None
+    message: str | None  # why it failed, or why it is stale
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def list_runs(runs_dir: Path, now: float | None = None) -> list[RunSummary]:
+    """Every folder of `runs_dir` holding a config.yaml, newest activity first."""
+    runs_dir = Path(runs_dir)
+    folders = sorted(p for p in runs_dir.iterdir() if (p / "config.yaml").is_file()) if runs_dir.is_dir() else []
+    alive = _trainer_configs()
+    summaries = [summarize(p, now, alive) for p in folders]
+    return sorted(summaries, key=lambda s: s.last_write or "", reverse=True)
+
+
+def find_run(name_or_dir: str, runs_dir: Path) -> Path:
+    path = Path(name_or_dir)
+    run_dir = path if path.is_dir() else Path(runs_dir) / name_or_dir
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"No run {name_or_dir!r} (looked in {run_dir}).", "list the runs with `cosmos-lora runs`.")
+    return run_dir
+
+
+def summarize(run_dir: Path, now: float | None = None, alive: set[Path] | None = None) -> RunSummary:
+    run_dir = Path(run_dir)
+    now = time.time() if now is None else now
+    config = OmegaConf.load(run_dir / "config.yaml")
+    rows = read_metrics(run_dir)
+    status, latest = read_status(run_dir) or {}, read_latest(run_dir) or {}
+    last = max((p.stat().st_mtime for p in _activity_files(run_dir)), default=None)
+    steps_done = max([status.get("step", 0), latest.get("step", 0)] + [r["step"] for r in rows[-1:]])
+    state, message = status.get("state", "new"), status.get("message")
+    if state == "running" and last is not None:
+        alive = _trainer_configs() if alive is None else alive
+        limit = max(STALE_AFTER_S, 5 * _log_interval_s(config, rows))
+        if (run_dir / "config.yaml").resolve() not in alive and now - last > limit:
+            state = "stale"
+            message = (f"status.json says running, but nothing was written for {_duration(now - last)} and no trainer "
+                       "process for it runs on this machine: it was probably killed. Resume it with "
+                       f"`cosmos-lora posttrain --config {run_dir / 'config.yaml'} --resume`.")
+    return RunSummary(
+        name=run_dir.name, path=str(run_dir), dataset=OmegaConf.select(config, "job.dataset"),
+        rank=OmegaConf.select(config, "model.lora.rank"), scale=OmegaConf.select(config, "model.lora.scale"),
+        lr=OmegaConf.select(config, "optimizer.lr"), steps_done=steps_done,
+        steps_total=OmegaConf.select(config, "trainer.max_iter"),
+        loss_smoothed=rows[-1]["loss_smoothed"] if rows else None, state=state, size_bytes=disk_usage(run_dir),
+        last_write=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(last)) if last else None,
+        quiet_s=round(now - last, 1) if last else None, latest_save=latest.get("step"), message=message,
+    )
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.csv rows as numbers (empty cells -> None)."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "step" else float(v)) if v not in ("", None) else None for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def metrics_summary(rows: list[dict], steps_total: int | None, state: str) -> dict:
+    """What `runs show` prints under the config: loss so far, speed and time left."""
+    if not rows:
+        return {"logged_rows": 0}
+    s_per_step = _recent_s_per_step(rows)
+    last = rows[-1]
+    summary = {
+        "logged_rows": len(rows), "first_step": rows[0]["step"], "last_step": last["step"],
+        "loss_smoothed_first": rows[0]["loss_smoothed"], "loss_smoothed_last": last["loss_smoothed"],
+        "loss_smoothed_min": min(r["loss_smoothed"] for r in rows), "loss_last": last["loss"],
+        "lr": last.get("lr"), "grad_norm": last.get("grad_norm"), "s_per_step": s_per_step,
+        "samples_per_s": last.get("samples_per_s"), "gpu_mem_gb": last.get("gpu_mem_gb"),
+    }
+    if state == "running" and steps_total and s_per_step:
+        summary["eta_s"] = round((steps_total - last["step"]) * s_per_step)
+    return summary
+
+
+def disk_usage(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:  # removed while we walk (a save pruning an old state)
+                pass
+    return total
+
+
+def _activity_files(run_dir: Path) -> list[Path]:
+    files = [run_dir / "config.yaml", run_dir / STATUS, run_dir / METRICS, run_dir / LATEST]
+    files += list((run_dir / "tensorboard").glob("events.*"))
+    return [p for p in files if p.is_file()]
+
+
+def _recent_s_per_step(rows: list[dict]) -> float | None:
+    speeds = [r["s_per_step"] for r in rows[-20:] if r.get("s_per_step") is not None]
+    return statistics.median(speeds) if speeds else None
+
+
+def _log_interval_s(config, rows: list[dict]) -> float:
+    """Seconds between metrics rows, from the logged s/step (0 before the first row)."""
+    return (OmegaConf.select(config, "trainer.log_every") or 1) * (_recent_s_per_step(rows) or 0.0)
+
+
+def _trainer_configs() -> set[Path]:
+    """config.yaml paths of the trainer processes running on this machine (empty where /proc is not readable)."""
+    found = set()
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            if not any(WORKER_MODULE in a for a in args):
+                continue
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        found.update((cwd / a).resolve() for a in args if a.endswith("config.yaml"))
+    return found
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
+def write_loss_plot(rows: list[dict], path: Path, title: str) -> None:
+    """The loss curve as a PNG (raw loss light, smoothed dark), drawn with PIL; written atomically."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if len(rows) < 2:
+        raise UserError(f"{title} has {len(rows)} logged step(s): too few for a curve.", "plot again after a few more logging intervals.")
+    width, height, left, right, top, bottom = 900, 500, 80, 20, 40, 50
+    steps = [r["step"] for r in rows]
+    values = [v for r in rows for v in (r["loss"], r["loss_smoothed"]) if v is not None]
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.05 or abs(hi) * 0.05 or 1.0
+    lo, hi = lo - pad, hi + pad
+
+    def x_of(step: float) -> float:
+        return left + (step - steps[0]) / max(steps[-1] - steps[0], 1) * (width - left - right)
+
+    def y_of(value: float) -> float:
+        return top + (hi - value) / (hi - lo) * (height - top - bottom)
+
+    image = Image.new("RGB", (width, height), "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    for i in range(6):  # grid and tick labels
+        value, step = lo + (hi - lo) * i / 5, steps[0] + (steps[-1] - steps[0]) * i / 5
+        draw.line([(left, y_of(value)), (width - right, y_of(value))], fill=(230, 230, 230))
+        draw.text((5, y_of(value) - 6), f"{value:.3g}", fill="black", font=font)
+        draw.text((x_of(step) - 10, height - bottom + 8), f"{step:.0f}", fill="black", font=font)
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    for key, colour, line_width in (("loss", (158, 202, 225), 1), ("loss_smoothed", (8, 81, 156), 2)):
+        points = [(x_of(r["step"]), y_of(r[key])) for r in rows if r[key] is not None]
+        draw.line(points, fill=colour, width=line_width)
+    draw.text((left, 12), f"{title}: loss (light) and smoothed loss (dark)", fill="black", font=font)
+    draw.text((width // 2 - 12, height - 20), "step", fill="black", font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+
