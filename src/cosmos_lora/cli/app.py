@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from cosmos_lora.cli import demo, download, embed, infer, posttrain, prepare
+from cosmos_lora.cli import demo, download, embed, export, infer, merge, posttrain, prepare, runs
 from cosmos_lora.paths import Roots
 
 app = typer.Typer(
@@ -27,7 +27,7 @@ def roots(
     ctx.obj = Roots.from_env(checkpoints_dir, datasets_dir, outputs_dir)
 
 
-for module in (download, prepare, embed, posttrain, infer, demo):
+for module in (download, prepare, embed, posttrain, infer, export, merge, runs, demo):
     module.register(app)
 
 

@@ -32,6 +32,7 @@ def infer(
     name: str = typer.Option(None, help="Output folder name under <outputs>/infer (default: the run or LoRA name)."),
     nproc: int = typer.Option(None, help="Processes (one per GPU) (default: visible GPUs, 1 on CPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that exist already."),
+    attention: str = typer.Option("cudnn", help="cudnn (fused cuDNN attention on GPUs, fastest on Hopper) or default."),
 ) -> None:
     """Generate every prompt x seed with the base model and/or the LoRA, models loaded once.
 
@@ -62,6 +63,7 @@ def infer(
         dit=roots.checkpoints / m.dit, tokenizer=roots.checkpoints / m.tokenizer, text_encoder=roots.checkpoints / m.text_encoder,
         pixel_chunk_duration=m.pixel_chunk_duration, stages=stages, steps=steps, guidance=guidance, fps=fps,
         height=height, width=width, frames=frames or m.num_frames, precision=m.precision, overwrite=overwrite,
+        attention_backend=attention,
         adapter_file=adapter.source if adapter else None, lora_scale=lora_scale,
     )
     check_settings(settings)

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from cosmos_lora.errors import UserError
-from cosmos_lora.infer import lora_formats
+from cosmos_lora.model import lora_formats
 from cosmos_lora.model.lora import FORMAT, LoraSpec, adapter_summary, from_official, read_adapter
 from cosmos_lora.train.checkpointer import adapter_paths, read_latest
 

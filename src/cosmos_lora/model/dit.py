@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from diffusers import CosmosTransformer3DModel
-from torch.utils.checkpoint import checkpoint
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 QK_NORM_EPS = 1e-6
 
@@ -125,13 +126,56 @@ def size_from_state_dict(state: dict[str, torch.Tensor]) -> DiTSize:
     )
 
 
-def enable_activation_checkpointing(net: CosmosDiT, fraction: float) -> int:
+# Attention ops whose outputs selective recomputation keeps (the rest of a block is recomputed).
+_ATTENTION_OPS = {
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+}
+_PREFERRED_ATTENTION = [
+    SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH,
+]
+
+
+def prefer_cudnn_attention(net: CosmosDiT) -> None:
+    """Every block's attention runs on cuDNN's fused kernel, on Hopper about 1.8x faster than the
+    flash backend torch picks by default (forward and backward).
+
+    The preference wraps each block's own forward, so the recomputation inside backward (activation
+    checkpointing) picks the same kernel. Other devices keep torch's choice.
+    """
+    for block in net.transformer_blocks:
+        block.forward = functools.partial(_with_preferred_attention, block.forward)
+
+
+def _with_preferred_attention(forward, *args, **kwargs):
+    if not args[0].is_cuda:
+        return forward(*args, **kwargs)
+    with sdpa_kernel(_PREFERRED_ATTENTION, set_priority=True):
+        return forward(*args, **kwargs)
+
+
+def _keep_self_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Save the output of self-attention, the costliest op to recompute; recompute everything else.
+
+    Cross-attention (512 text tokens) is cheap to recompute and is not kept.
+    """
+    if op in _ATTENTION_OPS and args[1].shape[-2] == args[0].shape[-2]:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def enable_activation_checkpointing(net: CosmosDiT, fraction: float, keep_self_attention: bool = True) -> int:
     """Recompute the first `fraction` of the blocks in backward; returns how many blocks.
 
-    Wrapping `forward` on the block instances keeps module names (and so LoRA and checkpoint
-    keys) unchanged.
+    With `keep_self_attention` the self-attention outputs of those blocks stay in memory (about
+    0.46 GB per block at 121x704x1280) so backward does not pay for attention twice. Wrapping
+    `forward` on the block instances keeps module names (and so LoRA and checkpoint keys) unchanged.
     """
     count = round(fraction * len(net.transformer_blocks))
+    context = functools.partial(create_selective_checkpoint_contexts, _keep_self_attention) if keep_self_attention else None
     for block in list(net.transformer_blocks)[:count]:
-        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+        options = {"context_fn": context} if context else {}
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False, **options)
     return count

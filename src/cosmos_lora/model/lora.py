@@ -7,7 +7,9 @@ N(0, 1/rank), up = 0, added before the per-head q/k RMSNorm. In peft terms that 
 
 Our adapter file is safetensors with peft's key names (`transformer_blocks.0.attn1.to_q.lora_A.weight`)
 and the spec in its metadata, so whoever loads it never has to guess rank, scale or targets.
-Official LoRA keys: `net.blocks.block{N}.blocks.{0: FA, 1: CA}.block.attn.to_{q,v}_lora.net.{0: down, 1: up}.weight`.
+Official LoRA keys: `net.blocks.block{N}.blocks.{0: FA, 1: CA}.block.attn.{to_q,to_k,to_v,to_out}_lora.net.{0: down, 1: up}.weight`.
+The official code (`lora_attn.build_attn_lora`) has LoRA for the four attention projections only: the
+`mlp` extra targets have no official name. Other formats (diffusers, ComfyUI) live in `lora_formats`.
 """
 
 import json
@@ -149,22 +151,40 @@ def check_state_matches_spec(state: dict[str, torch.Tensor], spec: LoraSpec, sou
 
 # --- the official cosmos-predict1 key format ------------------------------------------------------
 
-_OFFICIAL_LORA = re.compile(r"net\.blocks\.block(\d+)\.blocks\.([01])\.block\.attn\.(to_[qkv])_lora\.net\.([01])\.weight$")
-_OURS_LORA = re.compile(r"transformer_blocks\.(\d+)\.attn([12])\.(to_[qkv])\.lora_([AB])\.weight$")
+# our projection name -> the official LoRA module beside it (`to_out.0` is wrapped in `to_out`, so its LoRA is `to_out_lora`)
+_OFFICIAL_PROJECTIONS = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out.0": "to_out"}
+OFFICIAL_FORMAT_TARGETS = tuple(f"attn{a}.{p}" for a in (1, 2) for p in _OFFICIAL_PROJECTIONS)
+_OFFICIAL_LORA = re.compile(r"net\.blocks\.block(\d+)\.blocks\.([01])\.block\.attn\.(to_q|to_k|to_v|to_out)_lora\.net\.([01])\.weight$")
+_OURS_LORA = re.compile(r"transformer_blocks\.(\d+)\.attn([12])\.(to_q|to_k|to_v|to_out\.0)\.lora_([AB])\.weight$")
 
 
 def official_to_ours(key: str) -> str | None:
     if not (m := _OFFICIAL_LORA.match(key)):
         return None
     block, attn, proj, layer = m.groups()
-    return f"transformer_blocks.{block}.attn{int(attn) + 1}.{proj}.lora_{'AB'[int(layer)]}.weight"
+    ours = next(o for o, official in _OFFICIAL_PROJECTIONS.items() if official == proj)
+    return f"transformer_blocks.{block}.attn{int(attn) + 1}.{ours}.lora_{'AB'[int(layer)]}.weight"
 
 
 def ours_to_official(key: str) -> str:
     if not (m := _OURS_LORA.match(key)):
-        raise UserError(f"{key} has no official cosmos-predict1 LoRA name (official LoRA covers attention q/k/v).")
+        raise UserError(
+            f"{key} has no official cosmos-predict1 LoRA name (official LoRA covers attention to_q/to_k/to_v/to_out only).",
+            "export it with --merge (the LoRA merged into the weights), or as comfyui/diffusers.",
+        )
     block, attn, proj, ab = m.groups()
-    return f"net.blocks.block{block}.blocks.{int(attn) - 1}.block.attn.{proj}_lora.net.{'AB'.index(ab)}.weight"
+    return f"net.blocks.block{block}.blocks.{int(attn) - 1}.block.attn.{_OFFICIAL_PROJECTIONS[proj]}_lora.net.{'AB'.index(ab)}.weight"
+
+
+def check_official_targets(spec: LoraSpec, source="this adapter") -> None:
+    """The official format holds attention LoRA only; anything else is refused with the targets named."""
+    outside = [t for t in spec.targets if t not in OFFICIAL_FORMAT_TARGETS]
+    if outside:
+        raise UserError(
+            f"The official cosmos-predict1 LoRA format cannot hold {source}'s {', '.join(outside)} LoRA "
+            "(official LoRA exists for the attention projections to_q, to_k, to_v and to_out only).",
+            "export with --merge (every target merged into the weights), or use --format comfyui or diffusers.",
+        )
 
 
 def from_official(checkpoint: dict, scale: float, source="checkpoint") -> tuple[dict[str, torch.Tensor], LoraSpec]:
@@ -179,11 +199,17 @@ def from_official(checkpoint: dict, scale: float, source="checkpoint") -> tuple[
         if (ours := official_to_ours(key)) is not None:
             state[ours] = ema.get(key, tensor).float()
     if not state:
-        raise UserError(f"{source} holds no official LoRA tensors (`...attn.to_q_lora.net.0.weight`).")
+        raise UserError(
+            f"{source} holds no official LoRA tensors (`...attn.to_q_lora.net.0.weight`).",
+            "pass a LoRA post-trained checkpoint (official `iter_*.pt` or `cosmos-lora export --format official`); "
+            "a released base model.pt has no LoRA, and a merged one has it inside the weights already.",
+        )
     return state, spec_from_state(state, scale)
 
 
 def to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our tensors under the official LoRA names, unchanged (see `lora_formats.to_official_inference` for
+    the form the official inference script applies)."""
     return {ours_to_official(k): v for k, v in state.items()}
 
 
@@ -202,5 +228,16 @@ def spec_from_state(state: dict[str, torch.Tensor], scale: float) -> LoraSpec:
 
 
 def adapter_summary(spec: LoraSpec) -> str:
-    return f"rank {spec.rank}, scale {spec.scale:g}, blocks {spec.blocks[0]}-{spec.blocks[-1]}, targets {', '.join(spec.targets)}"
+    return f"rank {spec.rank}, scale {spec.scale:g}, blocks {block_ranges(spec.blocks)}, targets {', '.join(spec.targets)}"
+
+
+def block_ranges(blocks) -> str:
+    """(0, 1, 2, 3, 7, 9, 10) -> '0-3, 7, 9-10'."""
+    runs: list[list[int]] = []
+    for block in sorted(set(blocks)):
+        if runs and block == runs[-1][1] + 1:
+            runs[-1][1] = block
+        else:
+            runs.append([block, block])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "none"
 

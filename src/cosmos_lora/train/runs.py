@@ -41,7 +41,7 @@ class RunSummary:
     steps_done: int
     steps_total: int | None
     loss_smoothed: float | None  # last logged, 0.9-EMA of the loss
-    state: str  # new, running, stale, finished, interrupted, failed
+    state: str  # new, running, stale, finished, interrupted, failed (unreadable: a damaged folder)
     size_bytes: int
     last_write: str | None  # ISO time of the newest config/status/metrics/save write
     quiet_s: float | None  # seconds since then
@@ -57,8 +57,17 @@ def list_runs(runs_dir: Path, now: float | None = None) -> list[RunSummary]:
     runs_dir = Path(runs_dir)
     folders = sorted(p for p in runs_dir.iterdir() if (p / "config.yaml").is_file()) if runs_dir.is_dir() else []
     alive = _trainer_configs()
-    summaries = [summarize(p, now, alive) for p in folders]
+    summaries = [_summarize_or_report(p, now, alive) for p in folders]
     return sorted(summaries, key=lambda s: s.last_write or "", reverse=True)
+
+
+def _summarize_or_report(run_dir: Path, now: float | None, alive: set[Path]) -> RunSummary:
+    """One damaged run folder (a hand-edited config, a truncated JSON) must not hide the others."""
+    try:
+        return summarize(run_dir, now, alive)
+    except Exception as error:  # noqa: BLE001 - reported in the listing instead
+        return RunSummary(run_dir.name, str(run_dir), None, None, None, None, 0, None, None, "unreadable",
+                          disk_usage(run_dir), None, None, None, " ".join(f"{type(error).__name__}: {error}".split()))
 
 
 def find_run(name_or_dir: str, runs_dir: Path) -> Path:

@@ -1,25 +1,35 @@
-"""LoRA files written by other tools, converted to our peft names (and back, for exports and tests).
+"""LoRA files of other tools <-> our peft-named tensors: diffusers, ComfyUI and the official cosmos-predict1 layout.
 
     diffusers / peft  [transformer.]transformer_blocks.0.attn1.to_q.lora_A.weight, .lora_B.weight
                       scale = lora_alpha / r from the `lora_adapter_metadata` JSON, else 1
     ComfyUI           diffusion_model.blocks.block0.blocks.0.block.attn.to_q.0.lora_down.weight, .lora_up.weight
                       (official module names), optional `.alpha`: scale = alpha / rank, else 1
-    official          net.blocks.block0.blocks.0.block.attn.to_q_lora.net.0.weight: `cosmos_lora.model.lora`
+    official          net.blocks.block0.blocks.0.block.attn.to_q_lora.net.0.weight: key map in `lora`,
+                      the form official inference applies in `to_official_inference`
 
-Whatever the format, the result is checked the same way: one rank, the same (block, target) grid
+ComfyUI's generic loader (`comfy/lora.py: model_lora_keys_unet`) maps `diffusion_model.<module>` to
+`diffusion_model.<module>.weight` of any model, and its Cosmos-1 network keeps the official module names
+(`to_q.0`, `to_out.0`, `layer1`); `lora_up`/`lora_down` + `alpha` is the spelling every ComfyUI version reads.
+diffusers' `load_lora_adapter(prefix="transformer")` strips `transformer.` and builds its `LoraConfig` from the
+`lora_adapter_metadata` JSON when present, as `save_lora_weights` writes it.
+
+Whatever the format, an import is checked the same way: one rank, the same (block, target) grid
 everywhere, targets among those `cosmos_lora.model.lora` knows.
-NOTE: these tables belong next to `official_to_ours` in `model/lora.py`; they live here until that
-file's owner moves them.
 """
 
 import json
 import math
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from cosmos_lora.errors import UserError
 from cosmos_lora.model.checkpoint import diffusers_to_official, official_to_diffusers
-from cosmos_lora.model.lora import EXTRA_TARGETS, OFFICIAL_TARGETS, LoraSpec, spec_from_state
+from cosmos_lora.model.lora import (
+    EXTRA_TARGETS, OFFICIAL_TARGETS, LoraSpec, block_ranges, check_official_targets, ours_to_official, spec_from_state,
+)
+from cosmos_lora.paths import atomic_path
 
 KNOWN_TARGETS = OFFICIAL_TARGETS + tuple(t for group in EXTRA_TARGETS.values() for t in group)
 DIFFUSERS_PREFIXES = ("transformer.", "base_model.model.")
@@ -61,11 +71,20 @@ def from_comfyui(tensors: dict[str, torch.Tensor], source) -> tuple[dict, LoraSp
     return state, spec_from_state(state, _scale_from_alphas(alphas, state, source))
 
 
-def to_diffusers(state: dict[str, torch.Tensor], spec: LoraSpec) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata as diffusers' `save_lora_weights` writes them for a pipeline's transformer."""
-    config = {"r": spec.rank, "lora_alpha": spec.scale * spec.rank, "target_modules": spec.module_names()}
+def to_diffusers(
+    state: dict[str, torch.Tensor], spec: LoraSpec, fold_scale: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata as diffusers' `save_lora_weights` writes them for a pipeline's transformer.
+
+    `fold_scale` puts the scale into the up matrices and writes lora_alpha = r: the file then means the same
+    to every loader, also to `transformer.load_lora_adapter(file)`, which reads the metadata (and so the
+    alpha) only when given `use_safetensors=True` or `weight_name` and otherwise assumes alpha = r.
+    """
+    scale = spec.scale if fold_scale else 1.0
+    config = {"r": spec.rank, "lora_alpha": spec.rank if fold_scale else spec.scale * spec.rank, "target_modules": spec.module_names()}
     metadata = {"format": "pt", DIFFUSERS_METADATA: json.dumps({f"transformer.{k}": v for k, v in config.items()})}
-    return {f"transformer.{k}": v.contiguous() for k, v in state.items()}, metadata
+    tensors = {f"transformer.{k}": (v * scale if ".lora_B." in k and scale != 1 else v).contiguous() for k, v in state.items()}
+    return tensors, metadata
 
 
 def to_comfyui(state: dict[str, torch.Tensor], spec: LoraSpec) -> dict[str, torch.Tensor]:
@@ -77,6 +96,87 @@ def to_comfyui(state: dict[str, torch.Tensor], spec: LoraSpec) -> dict[str, torc
         out[f"{COMFYUI_PREFIX}{official}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = tensor.contiguous()
         out[f"{COMFYUI_PREFIX}{official}.alpha"] = torch.tensor(spec.scale * spec.rank)
     return out
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomic write (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --- what the official LoRA inference applies ------------------------------------------------------
+# `Cosmos-Predict1-7B-Text2World_post-trained-lora` runs the experiment `Cosmos_Predict1_Text2World_7B_Post_trained_lora`:
+# get_fa_ca_qv_lora_config(first_nblocks=27, rank=8, scale=1). Its loader (`load_network_model`) is non-strict: a
+# tensor of another shape is dropped and a key without a layer is ignored, both silently.
+OFFICIAL_INFERENCE_RANK = 8
+OFFICIAL_INFERENCE_BLOCKS = 27
+
+
+def to_official_inference(state: dict[str, torch.Tensor], spec: LoraSpec) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The adapter under official names, in the form official LoRA inference applies, and what it would ignore.
+
+    The scale goes into the up matrices (that inference uses scale 1) and a rank below 8 is zero-padded to 8
+    (its layers are rank 8): the delta `scale * up @ down` is unchanged. A rank above 8 would be dropped
+    there without a word, so it is refused.
+    """
+    check_official_targets(spec)
+    if spec.rank > OFFICIAL_INFERENCE_RANK:
+        raise UserError(
+            f"This adapter has rank {spec.rank}; official LoRA inference (Cosmos_Predict1_Text2World_7B_Post_trained_lora) "
+            f"builds rank-{OFFICIAL_INFERENCE_RANK} layers and would silently skip it.",
+            "export with --merge: the LoRA merged into the weights needs no LoRA support and keeps every rank.",
+        )
+    pad = OFFICIAL_INFERENCE_RANK - spec.rank
+    official = {}
+    for key, tensor in state.items():
+        tensor = tensor.float()
+        if ".lora_A." in key:
+            tensor = torch.cat([tensor, tensor.new_zeros(pad, tensor.shape[1])]) if pad else tensor
+        else:
+            tensor = tensor * spec.scale if spec.scale != 1 else tensor
+            tensor = torch.cat([tensor, tensor.new_zeros(tensor.shape[0], pad)], dim=1) if pad else tensor
+        official[ours_to_official(key)] = tensor.contiguous()
+    ignored = []
+    if late := [b for b in spec.blocks if b >= OFFICIAL_INFERENCE_BLOCKS]:
+        ignored.append(f"block {block_ranges(late)}")
+    if extra := [t for t in spec.targets if t not in OFFICIAL_TARGETS]:
+        ignored.append(", ".join(extra))
+    return official, ignored
+
+
+# The folder names the official text2world.py accepts (`--diffusion_transformer_dir` has fixed choices).
+OFFICIAL_DIRS = {
+    ("7b", "lora"): "Cosmos-Predict1-7B-Text2World_post-trained-lora",
+    ("7b", "merged"): "Cosmos-Predict1-7B-Text2World_post-trained",
+    ("14b", "merged"): "Cosmos-Predict1-14B-Text2World_post-trained",
+}
+
+
+def official_inference_command(model_pt: Path, kind: str, size: str = "7b") -> list[str]:
+    """Lines to run the official text2world.py on `model_pt` (`kind`: lora or merged), from the cosmos-predict1 root.
+
+    The file must be `<checkpoint_dir>/<official folder>/model.pt`, beside the tokenizer and T5 folders.
+    """
+    folder = OFFICIAL_DIRS.get((size, kind), OFFICIAL_DIRS[("7b", kind)])
+    model_pt = Path(model_pt).resolve()
+    lines = []
+    if model_pt.parent.name == folder and model_pt.name == "model.pt":
+        checkpoint_dir = str(model_pt.parent.parent)
+    else:
+        checkpoint_dir = "checkpoints"
+        lines.append(f"mkdir -p {checkpoint_dir}/{folder} && mv {model_pt} {checkpoint_dir}/{folder}/model.pt")
+    lines.append(
+        "PYTHONPATH=$(pwd) python cosmos_predict1/diffusion/inference/text2world.py "
+        f"--checkpoint_dir {checkpoint_dir} --diffusion_transformer_dir {folder} "
+        '--prompt "<your prompt>" --video_save_name lora --disable_guardrail --disable_prompt_upsampler'
+    )
+    return lines
 
 
 def _collect(tensors: dict[str, torch.Tensor], module_of, source) -> tuple[dict, dict[str, float]]:
