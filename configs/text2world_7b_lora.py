@@ -33,6 +33,9 @@ config = lazy_dict(
         sigma_p_mean=0.0,
         sigma_p_std=1.0,
         activation_checkpointing=1.0,  # fraction of blocks recomputed in backward (1 = all, 0 = none)
+        recompute_attention=False,  # False: recomputed blocks keep their self-attention output (faster, +0.46 GB/block)
+        attention_backend="cudnn",  # cudnn: fused cuDNN attention on GPUs (fastest on Hopper); default: torch's choice
+        compile=True,  # regional torch.compile of the DiT blocks on GPUs (fuses the element-wise work)
         latent_cache=True,  # train on <dataset>/latents/<key>/ when `cosmos-lora embed --latents` made it
         lora=dict(rank=8, scale=1.0, first_blocks=None, extra_targets=[]),
     ),
@@ -43,7 +46,22 @@ config = lazy_dict(
         grad_clip=1.0,
         log_every=10,
         ema=dict(enabled=True, sigma_rel=0.1),  # power EMA (Karras et al. 2024) of the LoRA weights
-        validate_every=0,  # 0 = no validation samples
+        validate_every=0,  # sample videos every N steps into <run>/samples/step_XXXXXX/ (0 = off)
+        validation=dict(
+            # generic scenes of the kind the base model already renders well, so a sample that gets
+            # worse points at the LoRA; replace them with prompts of the training domain
+            prompts=[
+                "A robotic arm picks up a red cube from a cluttered workbench and places it into a cardboard box, "
+                "in a brightly lit workshop.",
+                "A car drives along a winding coastal road at sunset, filmed from a drone following it.",
+            ],
+            seeds=[0],  # one video per prompt and seed; the same noise as `cosmos-lora infer --seed K`
+            # shorter than inference's 35: 20 x 8.7 s = about 3 min per video at 121x704x1280 on an H100
+            # (benchmarks/results/2026-11-22_h100_infer_7b.json), on rank 0 while the others wait
+            steps=20,
+            guidance=7.0,
+            ema=False,  # also sample the EMA weights (<prompt>_seed<k>_ema.mp4): twice the time
+        ),
     ),
     optimizer=L(torch.optim.AdamW)(lr=1e-4, weight_decay=0.1, betas=[0.9, 0.99], eps=1e-10),
     scheduler=L(lr_multiplier)(_partial_=True, warmup_iters=0, decay="constant", max_iter="${trainer.max_iter}"),

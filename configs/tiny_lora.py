@@ -24,3 +24,8 @@ config.optimizer.lr = 2e-3
 config.dataloader_train.num_workers = 0
 config.dataloader_train.pin_memory = False
 config.checkpoint.save_every = 20
+# captions in the style of the synthetic demo dataset, which the tiny T5's vocabulary covers
+config.trainer.validation.prompts = [
+    "a red circle moves from left to right on a dark blue background",
+    "a yellow square moves from top to bottom on a black background",
+]

@@ -1,14 +1,18 @@
-"""Processes: the one place that reads torchrun's rank variables, and the torchrun launch.
+"""Processes: the one place that reads the rank variables (torchrun's and Slurm's), and the torchrun launch.
 
-Works alone (one process, no process group) and under torchrun (NCCL on GPUs, gloo on CPU).
-Training and inference both launch their workers through `torchrun_command` + `run_torchrun`.
+Works alone (one process, no process group), under torchrun, and under `srun` with several tasks
+(Slurm's variables are translated into torchrun's by `adopt_slurm_environment`); NCCL on GPUs,
+gloo on CPU. Training and inference both launch their workers through `torchrun_command` +
+`run_torchrun`.
 """
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +36,120 @@ class Distributed:
         return self.world_size > 1
 
 
+@dataclass(frozen=True)
+class ExternalLaunch:
+    """This process as one of the workers that torchrun or srun started (rather than our own torchrun)."""
+
+    rank: int
+    world_size: int
+    launch_id: str  # the same in every process of one launch, different in the next launch
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def external_launch() -> ExternalLaunch | None:
+    """Set when a launcher (torchrun, or srun after `adopt_slurm_environment`) started this process."""
+    if not launched_by_torchrun():
+        return None
+    env = os.environ
+    # torchrun gives every launch its own run id; srun its own job and step ids. The rendezvous address
+    # tells apart launches that have neither (and two torchruns on one machine).
+    parts = [env.get(k, "") for k in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID")]
+    return ExternalLaunch(int(env["RANK"]), int(env["WORLD_SIZE"]), "/".join(parts))
+
+
+# -- Slurm ------------------------------------------------------------------------------------------
+
+DEFAULT_MASTER_PORT = "29500"
+
+
+def slurm_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """torchrun's variables for a task that `srun` started as one of several; {} otherwise.
+
+    RANK/WORLD_SIZE/LOCAL_RANK come from SLURM_PROCID/SLURM_STEP_NUM_TASKS (else SLURM_NTASKS)/
+    SLURM_LOCALID; MASTER_ADDR is the first host of the step's (else the job's) node list.
+    MASTER_ADDR and MASTER_PORT already in the environment win. Already under torchrun (RANK set): {}.
+    """
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1)
+    if "RANK" in env or "SLURM_PROCID" not in env or tasks < 2:
+        return {}
+    master = env.get("MASTER_ADDR")
+    if not master:
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
+        try:
+            master = expand_hostlist(nodes)[0]
+        except (ValueError, IndexError):
+            from cosmos_lora.errors import UserError
+
+            raise UserError(
+                f"Cannot tell the first host of this Slurm job from its node list {nodes!r}.",
+                "export MASTER_ADDR=<host of task 0> (and MASTER_PORT) before srun.",
+            ) from None
+    return {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": str(tasks),
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": master,
+        "MASTER_PORT": env.get("MASTER_PORT") or DEFAULT_MASTER_PORT,
+    }
+
+
+def adopt_slurm_environment() -> bool:
+    """Under `srun` with several tasks, sets torchrun's variables from Slurm's; True if it did."""
+    values = slurm_environment(os.environ)
+    os.environ.update(values)
+    return bool(values)
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Slurm's compressed host list, expanded: `node[01-03,07],gpu-a[1-2]` ->
+    node01 node02 node03 node07 gpu-a1 gpu-a2. Zero padding follows the range's first number;
+    several bracket groups in one name expand to every combination (`r[1-2]n[1-2]`)."""
+    hosts = [host for item in _split_outside_brackets(hostlist.strip()) for host in _expand_host(item)]
+    if not hosts:
+        raise ValueError(f"empty host list {hostlist!r}")
+    return hosts
+
+
+def _split_outside_brackets(text: str) -> list[str]:
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth not in (0, 1):
+            raise ValueError(f"unbalanced brackets in host list {text!r}")
+        if char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise ValueError(f"unbalanced brackets in host list {text!r}")
+    return [item.strip() for item in items + [text[start:]] if item.strip()]
+
+
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def _expand_host(name: str) -> list[str]:
+    match = re.search(r"\[([^\]]*)\]", name)
+    if match is None:
+        return [name]
+    prefix, rests = name[: match.start()], _expand_host(name[match.end() :])
+    hosts = []
+    for part in match.group(1).split(","):
+        bounds = _RANGE.match(part.strip())
+        if bounds is None:
+            raise ValueError(f"{part!r} in host list {name!r} is not a number or a range")
+        first, last = bounds.group(1), bounds.group(2) or bounds.group(1)
+        hosts += [f"{prefix}{n:0{len(first)}d}{rest}" for n in range(int(first), int(last) + 1) for rest in rests]
+    return hosts
+
+
+# -- the process group ------------------------------------------------------------------------------
 
 
 def init_distributed() -> Distributed:
@@ -41,8 +157,9 @@ def init_distributed() -> Distributed:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        # srun may show each task only its own GPU (--gpus-per-task): then local rank 1 is device 0
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():

@@ -33,6 +33,7 @@ def infer(
     nproc: int = typer.Option(None, help="Processes (one per GPU) (default: visible GPUs, 1 on CPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that exist already."),
     attention: str = typer.Option("cudnn", help="cudnn (fused cuDNN attention on GPUs, fastest on Hopper) or default."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the DiT blocks on GPUs (faster steps)."),
 ) -> None:
     """Generate every prompt x seed with the base model and/or the LoRA, models loaded once.
 
@@ -63,7 +64,7 @@ def infer(
         dit=roots.checkpoints / m.dit, tokenizer=roots.checkpoints / m.tokenizer, text_encoder=roots.checkpoints / m.text_encoder,
         pixel_chunk_duration=m.pixel_chunk_duration, stages=stages, steps=steps, guidance=guidance, fps=fps,
         height=height, width=width, frames=frames or m.num_frames, precision=m.precision, overwrite=overwrite,
-        attention_backend=attention,
+        attention_backend=attention, compile=compile,
         adapter_file=adapter.source if adapter else None, lora_scale=lora_scale,
     )
     check_settings(settings)

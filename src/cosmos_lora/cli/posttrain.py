@@ -1,4 +1,8 @@
-"""`cosmos-lora posttrain`: build the experiment, check the inputs, launch torchrun."""
+"""`cosmos-lora posttrain`: build the experiment, check the inputs, launch torchrun.
+
+Under `srun` (several tasks) or an existing `torchrun`, every task runs this command and trains
+in its own process; task 0 checks the inputs and writes the run folder.
+"""
 
 from pathlib import Path
 
@@ -18,6 +22,7 @@ OPTION_KEYS = {
     "grad_accum": "trainer.grad_accum",
     "seed": "job.seed",
     "save_every": "checkpoint.save_every",
+    "validate_every": "trainer.validate_every",
 }
 MODEL_PRESETS = {"7b": "text2world_7b_lora", "tiny": "tiny_lora"}
 
@@ -39,6 +44,12 @@ def posttrain(
     grad_accum: int = typer.Option(None, help="Micro-steps per optimizer step (preset: 1)."),
     seed: int = typer.Option(None, help="Seed for LoRA init, data order and noise (preset: 0)."),
     save_every: int = typer.Option(None, help="Save adapters and state every N steps (preset: 100)."),
+    validate_every: int = typer.Option(
+        None, help="Write sample videos of the LoRA every N steps to <run>/samples/ (preset: 0, off)."
+    ),
+    validation_prompts: Path = typer.Option(
+        None, help="Prompts for the samples: a .txt file, one per line (preset: trainer.validation.prompts)."
+    ),
     name: str = typer.Option(None, help="Run name (default: derived from the hyper-parameters)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest saved state."),
     nproc: int = typer.Option(None, help="Processes per node (default: visible GPUs, 1 on CPU)."),
@@ -50,9 +61,11 @@ def posttrain(
     """Train a LoRA on a dataset with the official recipe, on every GPU of this machine (DDP).
 
     Anything in the config can be changed after `--`: `-- trainer.max_iter=200 optimizer.lr=5e-5`.
-    The run folder holds config.yaml (rerun with --config), adapters/, state/, metrics.csv.
+    The run folder holds config.yaml (rerun with --config), adapters/, state/, metrics.csv, samples/.
+    Under `srun` with several tasks or under `torchrun`, each task trains in its own process.
     """
     from cosmos_lora.config.experiment import to_yaml
+    from cosmos_lora.distributed import adopt_slurm_environment, external_launch
     from cosmos_lora.errors import UserError
     from cosmos_lora.train import launch as launcher
 
@@ -65,25 +78,34 @@ def posttrain(
     if nnodes > 1 and not rdzv_endpoint:
         raise UserError("Multi-node training needs a rendezvous address.", "pass --rdzv-endpoint HOST:PORT (node 0).")
     values = {"rank": rank, "scale": scale, "first_blocks": first_blocks, "lr": lr, "max_iter": max_iter, "epochs": epochs,
-              "batch_size": batch_size, "grad_accum": grad_accum, "seed": seed, "save_every": save_every}
+              "batch_size": batch_size, "grad_accum": grad_accum, "seed": seed, "save_every": save_every,
+              "validate_every": validate_every}
     options = {OPTION_KEYS[k]: v for k, v in values.items() if v is not None}
     if extra_targets:
         options["model.lora.extra_targets"] = list(extra_targets)
-    run = launcher.Launch(nproc or launcher.default_nproc(), nnodes, node_rank, rdzv_endpoint)
+    if validation_prompts is not None:
+        options["trainer.validation.prompts"] = launcher.read_validation_prompts(validation_prompts)
+    adopt_slurm_environment()
+    launched = external_launch()  # srun or torchrun started this process: it is one of the workers
+    run = (launcher.Launch(launched.world_size) if launched
+           else launcher.Launch(nproc or launcher.default_nproc(), nnodes, node_rank, rdzv_endpoint))
     experiment = launcher.build_experiment(
         config or MODEL_PRESETS[model], ctx.obj, dataset, options, list(ctx.args), name, run, alpha
     )
+    if validation_prompts is not None and not experiment.trainer.validate_every:
+        raise UserError("--validation-prompts has no effect without validation.", "add --validate-every N.")
     if dry_run:
         result(to_yaml(experiment))
         result(launcher.describe_command(Path(experiment.job.run_dir), run))
         return
-    launcher.check_inputs(experiment)
-    run_dir = launcher.prepare_run_dir(experiment, resume)
-    note(f"Run folder: {run_dir}")
+    run_dir = launcher.prepare(experiment, resume, launched)
+    reporting = launched is None or launched.is_main  # under srun/torchrun task 0 reports for all
+    if reporting:
+        note(f"Run folder: {run_dir}")
     code, status = launcher.launch_training(run_dir, run)
-    hint = f"cosmos-lora posttrain --config {run_dir / 'config.yaml'} --resume --nproc {run.nproc}"
-    if nnodes > 1:
-        hint += f" --nnodes {nnodes} --node-rank {node_rank} --rdzv-endpoint {rdzv_endpoint}"
+    if not reporting:
+        raise typer.Exit(code)
+    hint = launcher.resume_hint(run_dir, run, launched is not None)
     ok, message = launcher.outcome_message(run_dir, code, status, hint)
     if not ok:
         raise UserError(message)
@@ -99,5 +121,7 @@ def register(app: typer.Typer) -> None:
             "cosmos-lora posttrain --dataset vript/sports --dry-run -- trainer.max_iter=200 model.activation_checkpointing=0.5",
             "cosmos-lora posttrain --config outputs/runs/<run>/config.yaml --resume",
             "cosmos-lora posttrain --model tiny --dataset demo/shapes --nproc 2",
+            "cosmos-lora posttrain --dataset vript/sports --validate-every 200 --validation-prompts prompts.txt",
+            "srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 cosmos-lora posttrain --dataset vript/sports",
         ),
     )(guarded(posttrain))

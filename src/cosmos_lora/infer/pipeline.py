@@ -24,7 +24,7 @@ from cosmos_lora.infer.adapters import Adapter, check_fits, from_file
 from cosmos_lora.infer.html import write_index
 from cosmos_lora.infer.prompts import STAGES, Job
 from cosmos_lora.model.checkpoint import load_official_dit, read_official_checkpoint, split_official_state, unwrap_container
-from cosmos_lora.model.dit import prefer_cudnn_attention, size_from_state_dict
+from cosmos_lora.model.dit import configure_blocks, size_from_state_dict
 from cosmos_lora.model.edm import SIGMA_DATA
 from cosmos_lora.model.lora import LoraSpec, add_lora, load_lora_state
 from cosmos_lora.model.sampler import sample_latents
@@ -56,6 +56,7 @@ class InferSettings:
     official_lora_scale: float | None = None  # official files do not store their scale
     lora_scale: float = 1.0  # multiplies the adapter's trained scale
     attention_backend: str = "cudnn"  # cudnn: fused cuDNN attention on GPUs; default: torch's choice
+    compile: bool = True  # regional torch.compile of the DiT blocks on GPUs (see benchmarks/RESULTS.md)
     extra_meta: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -146,8 +147,10 @@ class Text2WorldGenerator:
         self.dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float32
         self.net, _ = load_official_dit(settings.dit, device=device, dtype=self.dtype)
         self.net.eval()
-        if settings.attention_backend == "cudnn":
-            prefer_cudnn_attention(self.net)
+        configure_blocks(
+            self.net, compile_blocks=settings.compile and device.type == "cuda",
+            prefer_cudnn=settings.attention_backend == "cudnn",
+        )
         self.adapter = None
         if settings.adapter_file is not None and "lora" in STAGES[settings.stages]:
             self.adapter = from_file(settings.adapter_file, settings.official_lora_scale)

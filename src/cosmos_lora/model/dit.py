@@ -138,15 +138,50 @@ _PREFERRED_ATTENTION = [
 ]
 
 
-def prefer_cudnn_attention(net: CosmosDiT) -> None:
-    """Every block's attention runs on cuDNN's fused kernel, on Hopper about 1.8x faster than the
-    flash backend torch picks by default (forward and backward).
+def configure_blocks(
+    net: CosmosDiT,
+    recompute_fraction: float = 0.0,
+    keep_self_attention: bool = True,
+    compile_blocks: bool = False,
+    prefer_cudnn: bool = True,
+) -> int:
+    """How each block runs: the speed/memory choices of training and inference. Returns the number
+    of blocks recomputed in backward.
 
-    The preference wraps each block's own forward, so the recomputation inside backward (activation
-    checkpointing) picks the same kernel. Other devices keep torch's choice.
+    - `recompute_fraction`: activation checkpointing of the first fraction of the blocks (1 = all).
+      With `keep_self_attention` those blocks keep their self-attention output (0.46 GB per block
+      at 121x704x1280) so backward does not pay for attention twice; the rest is recomputed.
+    - `compile_blocks`: regional torch.compile of every block (fuses the norm/modulation/RoPE
+      element-wise work that is about 30% of an eager step). Only on GPUs.
+    - `prefer_cudnn`: cuDNN's fused attention (forward and backward), the fastest on Hopper; torch
+      versions that default to the flash kernel are 1.8x slower there.
+
+    The choices wrap `forward` on the block instances, so module names (LoRA and checkpoint keys)
+    do not change. Measured effect: benchmarks/RESULTS.md.
     """
+    count = round(recompute_fraction * len(net.transformer_blocks))
+    policy = functools.partial(create_selective_checkpoint_contexts, _keep_self_attention) if keep_self_attention else None
+    if compile_blocks:
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(net.transformer_blocks))
+    for index, block in enumerate(net.transformer_blocks):
+        forward = block.forward
+        if prefer_cudnn and not compile_blocks:
+            forward = functools.partial(_with_preferred_attention, forward)  # inside: recomputation uses it too
+        if index < count:
+            options = {"context_fn": policy} if policy else {}
+            forward = functools.partial(checkpoint, forward, use_reentrant=False, **options)
+        if compile_blocks:
+            forward = torch.compile(forward, dynamic=False)
+            if prefer_cudnn:
+                forward = functools.partial(_with_preferred_attention, forward)  # chosen when traced
+        block.forward = forward
+    return count
+
+
+def reset_blocks(net: CosmosDiT) -> None:
+    """Back to the plain blocks (drops what `configure_blocks` wrapped)."""
     for block in net.transformer_blocks:
-        block.forward = functools.partial(_with_preferred_attention, block.forward)
+        block.__dict__.pop("forward", None)
 
 
 def _with_preferred_attention(forward, *args, **kwargs):
@@ -164,18 +199,3 @@ def _keep_self_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     if op in _ATTENTION_OPS and args[1].shape[-2] == args[0].shape[-2]:
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
-
-
-def enable_activation_checkpointing(net: CosmosDiT, fraction: float, keep_self_attention: bool = True) -> int:
-    """Recompute the first `fraction` of the blocks in backward; returns how many blocks.
-
-    With `keep_self_attention` the self-attention outputs of those blocks stay in memory (about
-    0.46 GB per block at 121x704x1280) so backward does not pay for attention twice. Wrapping
-    `forward` on the block instances keeps module names (and so LoRA and checkpoint keys) unchanged.
-    """
-    count = round(fraction * len(net.transformer_blocks))
-    context = functools.partial(create_selective_checkpoint_contexts, _keep_self_attention) if keep_self_attention else None
-    for block in list(net.transformer_blocks)[:count]:
-        options = {"context_fn": context} if context else {}
-        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False, **options)
-    return count

@@ -3,7 +3,9 @@
 Everything that can be wrong with the user's input is found here, before any process starts.
 """
 
+import json
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +14,12 @@ from omegaconf import OmegaConf
 
 from cosmos_lora.config import LazyDict, apply_overrides, load_preset, resolved, save_config
 from cosmos_lora.data.dataset import require_valid_dataset
-from cosmos_lora.data.latents import latent_cache_dir
+from cosmos_lora.data.latents import LATENTS_DIR, latent_cache_dir
 from cosmos_lora.data.layout import DatasetLayout
-from cosmos_lora.distributed import launched_by_torchrun, run_torchrun, torchrun_command, visible_gpus
+from cosmos_lora.distributed import ExternalLaunch, launched_by_torchrun, run_torchrun, torchrun_command, visible_gpus
 from cosmos_lora.errors import UserError
 from cosmos_lora.model.tokenizer import TOKENIZER_FILES
-from cosmos_lora.paths import Roots, check_dataset_name
+from cosmos_lora.paths import Roots, atomic_path, check_dataset_name
 from cosmos_lora.train.checkpointer import read_latest
 from cosmos_lora.train.run_name import run_name
 from cosmos_lora.train.status import read_status
@@ -32,10 +34,18 @@ RESUME_MAY_CHANGE = (
     "checkpoint.save_every", "checkpoint.keep_states", "dataloader_train.num_workers", "dataloader_train.pin_memory",
     "model.activation_checkpointing", "model.checkpoints_dir", "job.runs_dir", "job.run_dir",
     "dataloader_train.dataset.root", "dataloader_train.dataset.latents_dir", "model.latent_cache",
+    "model.recompute_attention", "model.attention_backend", "model.compile",
+    # validation samples draw nothing from the training's RNG streams (tests/test_validation.py)
+    "trainer.validation.prompts", "trainer.validation.seeds", "trainer.validation.steps",
+    "trainer.validation.guidance", "trainer.validation.ema",
 )
 # Seconds torchrun waits after forwarding a SIGTERM before it SIGKILLs the workers. Its default,
 # 30 s, is shorter than one 7B step at 121x704x1280 with accumulation: they could not finish and save.
 SHUTDOWN_TIMEOUT_S = "600"
+# Under an external launcher (srun, torchrun) only task 0 checks the inputs and writes the run folder;
+# the other tasks wait this long for it. Checking a large dataset takes a few minutes.
+LAUNCH_WAIT_S = 900.0
+LAUNCH_NOTE_SUFFIX = ".launch.json"  # `<runs>/.<run>.launch.json`: what task 0 made of the latest launch
 
 
 @dataclass(frozen=True)
@@ -86,11 +96,12 @@ def build_experiment(
 
 def _latent_cache(config: LazyDict, roots: Roots) -> str | None:
     """The dataset's latent cache for exactly this tokenizer, size and frame count, if one was made."""
-    if not config.model.latent_cache:
-        return None
+    root, tokenizer = Path(config.dataloader_train.dataset.root), roots.checkpoints / config.model.tokenizer
+    if not config.model.latent_cache or not (root / LATENTS_DIR).is_dir() or not tokenizer.is_dir():
+        return None  # no cache made; a missing tokenizer is reported by check_inputs
     height, width = config.model.resolution
     cache = latent_cache_dir(
-        Path(config.dataloader_train.dataset.root), roots.checkpoints / config.model.tokenizer,
+        root, tokenizer,
         config.model.num_frames, height, width, config.model.pixel_chunk_duration,
     )
     return str(cache) if cache.is_dir() else None
@@ -136,11 +147,114 @@ def check_inputs(config: LazyDict) -> None:
             f"Training size {config.model.num_frames}x{height}x{width} is not 1+8k frames of multiples of 16.",
             "use e.g. 121 frames at 704x1280.",
         )
+    if config.trainer.validate_every:
+        check_validation(config)
     latents = config.dataloader_train.dataset.latents_dir
     require_valid_dataset(
         Path(config.dataloader_train.dataset.root), config.model.num_frames, height, width, config.job.dataset,
         latents_dir=Path(latents) if latents else None,
     )
+
+
+def read_validation_prompts(path: Path) -> list[str]:
+    """`--validation-prompts FILE`: a .txt file, one prompt per line (blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".txt":
+        problem = f"No file at {path}." if not path.is_file() else f"{path} is not a .txt file."
+        raise UserError(problem, "give --validation-prompts a .txt file with one prompt per line.")
+    try:
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte {error.start}).", "save it as UTF-8.") from None
+    if not prompts:
+        raise UserError(f"{path} holds no prompt.", "write one prompt per line.")
+    return prompts
+
+
+def check_validation(config: LazyDict) -> None:
+    """Validation samples need prompts, seeds, a step count and the T5 text encoder."""
+    validation = config.trainer.get("validation")
+    if validation is None:
+        raise UserError(
+            "trainer.validate_every is set but the config has no trainer.validation section.",
+            "copy trainer.validation from configs/text2world_7b_lora.py into the config, or set trainer.validate_every=0.",
+        )
+    if config.trainer.validate_every < 0:
+        raise UserError(f"--validate-every {config.trainer.validate_every} is negative.", "use 0 (off) or a number of steps.")
+    if not validation.prompts or any(not str(p).strip() for p in validation.prompts):
+        raise UserError("trainer.validation.prompts is empty or holds an empty prompt.", "pass --validation-prompts FILE.")
+    if not validation.seeds or any(int(seed) < 0 for seed in validation.seeds):
+        raise UserError(f"trainer.validation.seeds {list(validation.seeds)} is not a list of seeds >= 0.",
+                        "set e.g. -- 'trainer.validation.seeds=[0,1]'.")
+    if validation.steps < 1:
+        raise UserError(f"trainer.validation.steps {validation.steps} is not a number of denoising steps.",
+                        "set e.g. -- trainer.validation.steps=20.")
+    text_encoder = Path(config.model.checkpoints_dir) / config.model.text_encoder
+    if not (text_encoder / "config.json").is_file():
+        raise UserError(
+            f"Validation samples need the T5 text encoder, and {text_encoder} has no config.json.",
+            "run `cosmos-lora download`, or train without --validate-every.",
+        )
+
+
+def prepare(config: LazyDict, resume: bool, launched: ExternalLaunch | None) -> Path:
+    """Checks the inputs and writes the run folder. Under srun or torchrun only task 0 does; it then
+    leaves a note for this launch beside the run folder, and the other tasks wait for that note."""
+    if launched is not None and not launched.is_main:
+        return wait_for_run_dir(config, launched)
+    try:
+        check_inputs(config)
+        run_dir = prepare_run_dir(config, resume)
+    except UserError as error:
+        if launched is not None:  # the other tasks stop at once with task 0's reason
+            _write_launch_note(config, launched, {"failed": str(error)})
+        raise
+    if launched is not None:
+        _write_launch_note(config, launched, {})
+    return run_dir
+
+
+def wait_for_run_dir(config: LazyDict, launched: ExternalLaunch, timeout_s: float = LAUNCH_WAIT_S) -> Path:
+    """Waits (tasks other than 0) until task 0 has prepared the run folder for this launch."""
+    run_dir = Path(config.job.run_dir)
+    deadline = time.monotonic() + timeout_s
+    while (note := _read_launch_note(run_dir, launched)) is None:
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"Task {launched.rank}: task 0 did not prepare {run_dir} for this launch within {timeout_s:.0f} s.",
+                "read task 0's output for what stopped it, fix that and start every task again.",
+            )
+        time.sleep(0.2)
+    if "failed" in note:
+        raise UserError(f"Task {launched.rank}: task 0 stopped before training: {note['failed']}")
+    changed = _changed_keys(load_preset(run_dir / "config.yaml"), config)
+    if changed:
+        raise UserError(
+            f"Task {launched.rank} was started with other values than task 0 for {', '.join(changed)}.",
+            "start every task with the same command and environment.",
+        )
+    return run_dir
+
+
+def _launch_note_path(run_dir: Path) -> Path:
+    return run_dir.with_name(f".{run_dir.name}{LAUNCH_NOTE_SUFFIX}")  # beside the run: there may be no run folder
+
+
+def _write_launch_note(config: LazyDict, launched: ExternalLaunch, content: dict) -> None:
+    path = _launch_note_path(Path(config.job.run_dir))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    tmp.write_text(json.dumps({"launch_id": launched.launch_id, "world_size": launched.world_size, **content}))
+    tmp.replace(path)
+
+
+def _read_launch_note(run_dir: Path, launched: ExternalLaunch) -> dict | None:
+    """Task 0's note for this launch; None while there is none (a note of an earlier launch does not count)."""
+    try:
+        note = json.loads(_launch_note_path(run_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    return note if note.get("launch_id") == launched.launch_id else None
 
 
 def prepare_run_dir(config: LazyDict, resume: bool) -> Path:
@@ -236,6 +350,17 @@ def outcome_message(run_dir: Path, code: int, status: dict | None, resume_hint: 
     if state == "failed" and status.get("message"):
         return False, f"Training failed: {status['message']} Run folder: {run_dir}"
     return False, f"Training failed (exit code {code}) at step {step}; see the messages above. Run folder: {run_dir}"
+
+
+def resume_hint(run_dir: Path, launch: Launch, external: bool) -> str:
+    """The command that continues this run, in the same launch shape."""
+    command = f"cosmos-lora posttrain --config {run_dir / 'config.yaml'} --resume"
+    if external:  # srun or torchrun started the tasks: they must again
+        return f"{command} (in {launch.world_size} tasks, started as before)"
+    command += f" --nproc {launch.nproc}"
+    if launch.nnodes > 1:
+        command += f" --nnodes {launch.nnodes} --node-rank {launch.node_rank} --rdzv-endpoint {launch.rdzv_endpoint}"
+    return command
 
 
 def describe_command(run_dir: Path, launch: Launch) -> str:

@@ -1,8 +1,9 @@
 """The LoRA post-training loop. One `Trainer` per process; torchrun starts one process per GPU.
 
-The constructor reads as the recipe: device, seed, data, model, LoRA, DDP, optimizer, scheduler,
-EMA, checkpointer, resume. `train()` runs optimizer steps; one step is `grad_accum` micro-batches
-with the DDP all-reduce only on the last one.
+The constructor reads as the recipe: device, seed, data, validation prompts, model, LoRA, DDP,
+optimizer, scheduler, EMA, checkpointer, resume. `train()` runs optimizer steps; one step is
+`grad_accum` micro-batches with the DDP all-reduce only on the last one; every `validate_every`
+steps rank 0 writes sample videos.
 """
 
 import math
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cosmos_lora.config import LazyDict, instantiate
 from cosmos_lora.errors import UserError
 from cosmos_lora.model.checkpoint import load_official_dit
-from cosmos_lora.model.dit import enable_activation_checkpointing
+from cosmos_lora.model.dit import configure_blocks
 from cosmos_lora.model.edm import SIGMA_DATA, sample_training_sigma, training_loss
 from cosmos_lora.model.lora import add_lora, adapter_summary, lora_parameters, lora_state_dict, spec_for
 from cosmos_lora.model.tokenizer import VideoTokenizer
@@ -28,6 +29,7 @@ from cosmos_lora.distributed import Distributed
 from cosmos_lora.train.ema import PowerEMA
 from cosmos_lora.train.metrics import MetricsLogger
 from cosmos_lora.train.status import write_status
+from cosmos_lora.train.validation import Validator
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -70,6 +72,9 @@ class Trainer:
             persistent_workers=False,
         )
 
+        # validation prompts: through T5 once on rank 0, before the DiT loads (T5 is freed at once)
+        self.validator = Validator(config, dist_info, self.dtype) if config.trainer.validate_every else None
+
         # model: frozen base in the run's precision, fp32 LoRA on top
         checkpoints = Path(config.model.checkpoints_dir)
         dit_path = checkpoints / config.model.dit
@@ -80,7 +85,11 @@ class Trainer:
         lora = config.model.lora
         self.spec = spec_for(len(self.net.transformer_blocks), lora.rank, lora.scale, lora.first_blocks, tuple(lora.extra_targets))
         add_lora(self.net, self.spec, seed=seed)
-        self.recomputed_blocks = enable_activation_checkpointing(self.net, config.model.activation_checkpointing)
+        self.recomputed_blocks = configure_blocks(
+            self.net, config.model.activation_checkpointing, keep_self_attention=not config.model.recompute_attention,
+            compile_blocks=config.model.compile and self.device.type == "cuda",
+            prefer_cudnn=config.model.attention_backend == "cudnn",
+        )
         self.params = lora_parameters(self.net)
         self.model = (
             DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -121,6 +130,8 @@ class Trainer:
             if stop and self.step < max_iter:
                 write_status(self.run_dir, "interrupted", self.step, self.dist)
                 return "interrupted"
+            if self.validator is not None and self.validator.due(self.step) and not stop:
+                self.validate()
         write_status(self.run_dir, "finished", self.step, self.dist)
         return "finished"
 
@@ -160,6 +171,16 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
         with autocast:
             return training_loss(self.model, self.logvar, x0, sigma, epsilon, crossattn_emb=text, fps=batch["fps"]).loss
+
+    def validate(self) -> Path:
+        """Sample videos with the current LoRA (unwrapped from DDP: no collectives in its forward)."""
+        started = time.perf_counter()
+        folder = self.validator.run(self.step, self.net, self.tokenizer, self.params, self.ema)
+        self.metrics.message(
+            f"step {self.step}: {self.validator.videos_per_run} validation video(s) in {folder} "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+        return folder
 
     # -- data position ----------------------------------------------------------------------------
 
@@ -243,6 +264,7 @@ class Trainer:
             f"({cfg.trainer.max_iter / max(1, steps_per_epoch):.2f} epochs of {len(self.dataset)} clips); "
             f"LoRA {adapter_summary(self.spec)} ({trainable / 1e6:.2f}M params); {cfg.model.num_frames}x{height}x{width}; "
             f"{cfg.model.precision}; {self.recomputed_blocks} blocks recomputed; device {self.device}"
+            + (f"; samples every {cfg.trainer.validate_every} steps" if self.validator else "")
             + (f"; resuming at step {self.step}" if self.step else "")
         )
 
