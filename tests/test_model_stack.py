@@ -142,3 +142,33 @@ def test_t5_embeddings_hold_only_the_real_tokens_and_round_trip_the_official_pic
     assert stored.dtype == np.float16 and stored.shape == embeddings[1].shape
     padded, mask = pad_embedding(stored)
     assert padded.shape == (512, 32) and int(mask.sum()) == lengths[1] and not padded[lengths[1]:].any()
+
+
+@pytest.mark.parametrize("setting", [
+    dict(recompute_fraction=1.0, keep_self_attention=True),
+    dict(recompute_fraction=1.0, keep_self_attention=False),
+    dict(recompute_fraction=0.5, keep_self_attention=True),
+])
+def test_block_settings_change_speed_and_memory_not_results(setting):
+    from cosmos_lora.model.dit import configure_blocks, reset_blocks
+
+    spec = LoraSpec(rank=2, scale=1.0, blocks=(0, 1))
+    net = _lora_net(spec)
+    inputs = dict(x=torch.randn(1, 16, 2, 8, 8), timesteps=torch.tensor([0.3]), crossattn_emb=torch.randn(1, 5, 32))
+
+    def loss_and_grads():
+        for p in net.parameters():
+            p.grad = None
+        loss = net(**inputs).square().mean()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in net.parameters() if p.requires_grad]
+
+    names = [n for n, _ in net.named_parameters()]
+    plain = loss_and_grads()
+    assert configure_blocks(net, **setting) == round(2 * setting["recompute_fraction"])
+    configured = loss_and_grads()
+    assert [n for n, _ in net.named_parameters()] == names  # LoRA and checkpoint keys unchanged
+    assert torch.equal(plain[0], configured[0])
+    assert all(torch.equal(a, b) for a, b in zip(plain[1], configured[1]))
+    reset_blocks(net)
+    assert "forward" not in net.transformer_blocks[0].__dict__
