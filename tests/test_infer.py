@@ -163,6 +163,15 @@ def test_zero_scale_lora_gives_the_original_frames_and_a_trained_one_does_not(cl
     assert (meta["lora_trained_scale"], meta["lora_scale_multiplier"], meta["lora_scale"]) == (1.0, 0.0, 0.0)
 
 
+def test_offload_moves_models_between_phases_without_changing_the_videos(cli_env, run_dir):
+    for name, extra in (("resident", ()), ("offloaded", ("--offload",))):
+        assert_ok(infer("--run", RUN, "-p", "a red square", "--name", name, *FAST, *extra))
+    for stage in ("original", "lora"):
+        resident = frames_of(cli_env.outputs / "infer" / "resident" / stage / "a-red-square" / "seed_0.mp4")
+        offloaded = frames_of(cli_env.outputs / "infer" / "offloaded" / stage / "a-red-square" / "seed_0.mp4")
+        assert np.array_equal(resident, offloaded)
+
+
 def test_no_ema_and_step_pick_the_raw_adapter_of_that_step(cli_env, run_dir):
     assert_ok(infer("--run", RUN, "--step", str(STEP), "--no-ema", "--stages", "lora", "-p", "a red square", *FAST))
     meta = json.loads((cli_env.outputs / "infer" / RUN / "lora" / "a-red-square" / "seed_0.json").read_text())

@@ -7,6 +7,7 @@ Order of work in one process:
   4. the tokenizer decodes them; videos, `prompt.txt`, `seed_<k>.json` and the comparison are written.
 """
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,7 @@ class InferSettings:
     lora_scale: float = 1.0  # multiplies the adapter's trained scale
     attention_backend: str = "cudnn"  # cudnn: fused cuDNN attention on GPUs; default: torch's choice
     compile: bool = True  # regional torch.compile of the DiT blocks on GPUs (see benchmarks/RESULTS.md)
+    offload: bool = False  # keep only the model of the current phase on the GPU (sampling: DiT, decoding: tokenizer)
     extra_meta: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -155,7 +157,8 @@ class Text2WorldGenerator:
         if settings.adapter_file is not None and "lora" in STAGES[settings.stages]:
             self.adapter = from_file(settings.adapter_file, settings.official_lora_scale)
             self._attach(self.adapter)
-        self.tokenizer = VideoTokenizer(settings.tokenizer, device, self.dtype, settings.pixel_chunk_duration)
+        home = "cpu" if settings.offload else device
+        self.tokenizer = VideoTokenizer(settings.tokenizer, home, self.dtype, settings.pixel_chunk_duration)
 
     def _attach(self, adapter: Adapter) -> None:
         """LoRA layers built from the adapter's own spec, its scale times --lora-scale, then its weights."""
@@ -183,8 +186,9 @@ class Text2WorldGenerator:
         started = time.perf_counter()
         latents = sample_latents(self.net, noise, cond, uncond, s.steps, s.guidance, on_step=on_step)
         sampled = time.perf_counter()
-        video = self.tokenizer.decode((latents / SIGMA_DATA).to(self.dtype))
-        frames = video_to_uint8(video[0]).numpy()  # the copy to the host waits for the GPU
+        with self._decoding_phase():
+            video = self.tokenizer.decode((latents / SIGMA_DATA).to(self.dtype))
+            frames = video_to_uint8(video[0]).numpy()  # the copy to the host waits for the GPU
         timings = {
             "sample_seconds": round(sampled - started, 3),
             "seconds_per_step": round((sampled - started) / s.steps, 4),
@@ -193,6 +197,23 @@ class Text2WorldGenerator:
         if self.device.type == "cuda":
             timings["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 1e9, 2)
         return frames, timings
+
+
+    @contextlib.contextmanager
+    def _decoding_phase(self):
+        """With offload, the DiT waits on the host while the tokenizer decodes on the GPU."""
+        if not self.settings.offload:
+            yield
+            return
+        torch.nn.Module.to(self.net, "cpu")
+        self.tokenizer.to(self.device)
+        try:
+            yield
+        finally:
+            self.tokenizer.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            torch.nn.Module.to(self.net, self.device)
 
 
 def embed_prompts(settings: InferSettings, jobs: list[Job], device: torch.device) -> dict[str, torch.Tensor]:

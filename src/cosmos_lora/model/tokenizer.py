@@ -51,6 +51,14 @@ class VideoTokenizer:
         self.image_mean = image_mean.view(1, LATENT_CHANNELS, 1, 1, 1).to(self.device, dtype)
         self.image_std = image_std.view(1, LATENT_CHANNELS, 1, 1, 1).to(self.device, dtype)
 
+    def to(self, device: torch.device | str) -> "VideoTokenizer":
+        """Moves the encoder, decoder and statistics (inference offloads them between phases)."""
+        self.device = torch.device(device)
+        self.encoder, self.decoder = self.encoder.to(self.device), self.decoder.to(self.device)
+        for name in ("video_mean", "video_std", "image_mean", "image_std"):
+            setattr(self, name, getattr(self, name).to(self.device))
+        return self
+
     def _load_jit(self, path: Path) -> torch.jit.ScriptModule:
         module = torch.jit.load(str(path), map_location=self.device)
         module.eval()
