@@ -1,0 +1,149 @@
+"""Validation samples: short generations with the LoRA being trained, every `trainer.validate_every` steps.
+
+    <run>/samples/step_000200/<prompt-slug>_seed<k>.mp4       the raw LoRA weights of that step
+    <run>/samples/step_000200/<prompt-slug>_seed<k>_ema.mp4   their EMA (with trainer.validation.ema)
+    <run>/samples/step_000200/prompts.txt                     "<prompt-slug><TAB><prompt>" per line
+
+Rank 0 samples while the other ranks wait at a barrier. The prompts (and the official negative
+prompt) go through T5 once, when training starts, and T5 is freed straight away: the 11B encoder
+never stays beside the DiT. Sampling is `cosmos-lora infer`'s at the run's size and fps, with
+fewer steps: the initial noise of seed k is the one `infer --seed k` uses.
+
+Validation changes nothing that training depends on: the network runs under no_grad in eval mode
+(activation-checkpointed blocks then simply run forward), the noise comes from a generator of its
+own, the global CPU/CUDA RNG states are restored afterwards, and EMA weights swapped in for sampling
+are swapped out bit for bit. A run with validation ends with exactly the LoRA of the same run
+without it (tests/test_validation.py).
+"""
+
+from contextlib import contextmanager, nullcontext
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from cosmos_lora.config import LazyDict
+from cosmos_lora.data.video import write_video
+from cosmos_lora.distributed import Distributed
+from cosmos_lora.infer.pipeline import InferSettings, embed_prompts
+from cosmos_lora.infer.prompts import DEFAULT_NEGATIVE_PROMPT, Job, Prompt, read_prompts
+from cosmos_lora.model.edm import SIGMA_DATA
+from cosmos_lora.model.sampler import sample_latents
+from cosmos_lora.model.tokenizer import LATENT_CHANNELS, VideoTokenizer, latent_frames, video_to_uint8
+from cosmos_lora.paths import atomic_path
+from cosmos_lora.train.checkpointer import step_name
+
+# How long the other ranks wait for rank 0 (loading T5, sampling). They wait on a gloo group of
+# their own, so NCCL's 10-minute watchdog never sees the wait; if rank 0 dies, the wait ends at once.
+WAIT_TIMEOUT = timedelta(hours=3)
+
+
+class Validator:
+    def __init__(self, config: LazyDict, dist_info: Distributed, dtype: torch.dtype):
+        settings = config.trainer.validation
+        self.every, self.dist, self.device, self.dtype = config.trainer.validate_every, dist_info, dist_info.device, dtype
+        self.prompts: list[Prompt] = read_prompts(list(settings.prompts), None, DEFAULT_NEGATIVE_PROMPT)  # unique names
+        self.seeds, self.steps, self.guidance = [int(s) for s in settings.seeds], settings.steps, settings.guidance
+        self.with_ema = bool(settings.ema and config.trainer.ema.enabled)  # no EMA is kept otherwise
+        self.frames, (self.height, self.width), self.fps = config.model.num_frames, config.model.resolution, config.model.fps
+        self.out_dir = Path(config.job.run_dir) / "samples"
+        self.group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT) if dist_info.enabled else None
+        self.embeddings: dict[str, torch.Tensor] = {}
+        if dist_info.is_main:
+            text_encoder = Path(config.model.checkpoints_dir) / config.model.text_encoder
+            with _rng_untouched(self.device):
+                self.embeddings = self._embed(text_encoder, config.model.precision)
+        self._wait()
+
+    def _embed(self, text_encoder: Path, precision: str) -> dict[str, torch.Tensor]:
+        """Every prompt and the negative prompt through T5 once (infer's `embed_prompts`, which frees T5)."""
+        settings = InferSettings(
+            out_dir=self.out_dir, dit=Path(), tokenizer=Path(), text_encoder=text_encoder, precision=precision
+        )  # embed_prompts reads only the text encoder and the precision
+        embeddings = embed_prompts(settings, [Job(p, 0) for p in self.prompts], self.device)
+        return {text: emb.cpu() for text, emb in embeddings.items()}  # [512, D] float32, a few MB
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    @property
+    def videos_per_run(self) -> int:
+        return len(self.prompts) * len(self.seeds) * (2 if self.with_ema else 1)
+
+    def run(self, step: int, net: torch.nn.Module, tokenizer: VideoTokenizer, params: dict, ema) -> Path:
+        """Writes this step's samples (rank 0) while the other ranks wait; returns the folder."""
+        folder = self.out_dir / step_name(step)
+        if self.dist.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+            modes = {module: module.training for module in net.modules()}
+            net.eval()
+            try:
+                with _rng_untouched(self.device), torch.no_grad():
+                    self._write_videos(folder, net, tokenizer, params, ema)
+            finally:
+                for module, mode in modes.items():
+                    module.training = mode
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()  # the sampler's activations are not training's: give them back
+            _write_text(folder / "prompts.txt", "".join(f"{p.name}\t{p.text}\n" for p in self.prompts))
+        self._wait()
+        return folder
+
+    def _write_videos(self, folder: Path, net: torch.nn.Module, tokenizer: VideoTokenizer, params: dict, ema) -> None:
+        variants = [("", nullcontext())]
+        if self.with_ema:
+            variants.append(("_ema", _swapped_in(params, ema.state_dict())))
+        for suffix, weights in variants:
+            with weights:
+                for prompt in self.prompts:
+                    for seed in self.seeds:
+                        frames = self.sample(net, tokenizer, prompt, seed)
+                        write_video(folder / f"{prompt.name}_seed{seed}{suffix}.mp4", frames, self.fps)
+
+    @torch.no_grad()
+    def sample(self, net: torch.nn.Module, tokenizer: VideoTokenizer, prompt: Prompt, seed: int) -> np.ndarray:
+        """uint8 `[T, H, W, 3]` frames for one prompt and seed, as `cosmos-lora infer` makes them."""
+        shape = (1, LATENT_CHANNELS, latent_frames(self.frames), self.height // 8, self.width // 8)
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        text, negative = self.embeddings[prompt.text], self.embeddings[prompt.negative]
+        cond = {"crossattn_emb": text.to(self.device, self.dtype)[None], "fps": float(self.fps)}
+        uncond = {**cond, "crossattn_emb": negative.to(self.device, self.dtype)[None]}
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+        with autocast:  # as in training: bf16 base, fp32 LoRA weights
+            latents = sample_latents(net, noise, cond, uncond, self.steps, self.guidance)
+        video = tokenizer.decode((latents / SIGMA_DATA).to(self.dtype))
+        return video_to_uint8(video[0]).numpy()
+
+    def _wait(self) -> None:
+        if self.group is not None:
+            dist.barrier(group=self.group)
+
+
+@contextmanager
+def _rng_untouched(device: torch.device):
+    """The global CPU (and this GPU's) RNG states as they were before, whatever ran inside."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+
+
+@contextmanager
+def _swapped_in(params: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]):
+    """`weights` in the parameters for the duration; the parameters' own values restored exactly."""
+    own = {name: p.detach().clone() for name, p in params.items()}
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(own[name])
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = atomic_path(path)
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
