@@ -192,7 +192,9 @@ def torchrun_command(module: str, args: list[str], nproc: int, nnodes: int = 1, 
 def run_torchrun(command: list[str]) -> int:
     """Runs torchrun in its own process group and forwards Ctrl-C/SIGTERM to all of it as SIGTERM,
     so workers get to finish the step and save before exiting."""
-    child = subprocess.Popen(command, start_new_session=True)
+    # torchrun sets 1 thread per worker anyway, with a banner; saying it ourselves silences the banner
+    env = {"OMP_NUM_THREADS": "1"} | os.environ
+    child = subprocess.Popen(command, start_new_session=True, env=env)
 
     def forward(signum, frame):
         with contextlib.suppress(ProcessLookupError):

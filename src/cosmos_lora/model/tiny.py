@@ -87,6 +87,9 @@ def write_tiny_t5(folder: Path, seed: int = 0, d_model: int = TINY_TEXT_DIM) -> 
     """A 2-layer T5 encoder; `d_model=1024` stands in for T5-11B's output width."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
     specials = ["<pad>", "</s>", "<unk>"]
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
