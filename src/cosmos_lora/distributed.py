@@ -12,7 +12,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,3 +206,22 @@ def run_torchrun(command: list[str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def run_worker(work: Callable[[Distributed], object]) -> int:
+    """One torchrun worker's life: process group up, `work`, process group down.
+
+    A user error is printed as one line (naming the rank) and gives exit code 1; anything else is a
+    bug and keeps its traceback.
+    """
+    from cosmos_lora.errors import UserError
+
+    dist_info = init_distributed()
+    try:
+        work(dist_info)
+        return 0
+    except UserError as error:
+        print(f"Error (rank {dist_info.rank}): {error}", file=sys.stderr)
+        return 1
+    finally:
+        close_distributed()

@@ -318,20 +318,16 @@ def launch_embed(job: EmbedJob, nproc: int, show_progress: bool = True) -> Embed
 
 def main(argv: list[str]) -> int:
     """torchrun's entry: `python -m cosmos_lora.data.embed JOB.json SUMMARY.json`; exit 1 on a user error."""
-    from cosmos_lora.distributed import close_distributed, init_distributed
+    from cosmos_lora.distributed import run_worker
 
     job = EmbedJob.from_json(Path(argv[0]).read_text(encoding="utf-8"))
-    dist_info = init_distributed()
-    try:
+
+    def work(dist_info) -> None:
         summary = run_embed(job, dist_info)
         if dist_info.is_main:
             Path(argv[1]).write_text(json.dumps(asdict(summary)), encoding="utf-8")
-        return 0
-    except UserError as error:
-        print(f"Error (rank {dist_info.rank}): {error}", file=sys.stderr)
-        return 1
-    finally:
-        close_distributed()
+
+    return run_worker(work)
 
 
 # ---------------------------------------------------------------- plumbing

@@ -138,5 +138,5 @@ def resolve_run(name_or_dir: str, runs_dir: Path) -> Path:
     path = Path(name_or_dir)
     run_dir = path if path.is_dir() else runs_dir / name_or_dir
     if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"No run {name_or_dir!r} (looked in {run_dir}).", f"list runs with `ls {runs_dir}`.")
+        raise UserError(f"No run {name_or_dir!r} (looked in {run_dir}).", "list them with `cosmos-lora runs`.")
     return run_dir

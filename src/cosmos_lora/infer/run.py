@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from cosmos_lora.distributed import Distributed, close_distributed, init_distributed
+from cosmos_lora.distributed import Distributed, run_worker
 from cosmos_lora.errors import UserError
 from cosmos_lora.infer.pipeline import InferSettings, finish, job_done, run_jobs
 from cosmos_lora.infer.prompts import Job, Prompt, plan_jobs, shard
@@ -71,15 +71,7 @@ def run_plan(plan_path: Path, dist_info: Distributed) -> tuple[list[Path], Path 
 
 
 def main(plan_path: str) -> int:
-    dist_info = init_distributed()
-    try:
-        run_plan(Path(plan_path), dist_info)
-        return 0
-    except UserError as error:
-        print(f"Error: {error}", file=sys.stderr)
-        return 1
-    finally:
-        close_distributed()
+    return run_worker(lambda dist_info: run_plan(Path(plan_path), dist_info))
 
 
 if __name__ == "__main__":
