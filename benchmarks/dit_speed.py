@@ -18,11 +18,11 @@ that our loss and LoRA gradients match the stock path's within bf16 tolerance.
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
+from gpu_timing import timed
 
 from cosmos_lora.model.dit import build_dit, configure_blocks, reset_blocks
 from cosmos_lora.model.edm import LogVarHead, training_loss
@@ -30,19 +30,6 @@ from cosmos_lora.model.lora import add_lora, lora_parameters, spec_for
 
 TRAIN_PFLOP = 6.6  # forward + backward without base weight gradients, no recompute (shared/REFERENCE.md)
 CFG_PFLOP = 2 * 2.21  # two forwards
-
-
-def timed(fn, repeats: int = 3) -> tuple[float, list[float]]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return statistics.median(times), times
 
 
 def matmul_tflops() -> float:

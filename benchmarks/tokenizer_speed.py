@@ -11,25 +11,12 @@ timed with CUDA events after a warm-up (median of 3).
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLCosmos
-
-
-def timed(fn, repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return statistics.median(times)
+from gpu_timing import timed
 
 
 def main() -> None:
@@ -40,11 +27,11 @@ def main() -> None:
     video = torch.rand(1, 3, 121, 704, 1280, device="cuda", dtype=torch.bfloat16) * 2 - 1
     with torch.no_grad():
         latent = vae.encode(video).latent_dist.mode()
-        encode = timed(lambda: vae.encode(video))
+        encode, _ = timed(lambda: vae.encode(video))
         torch.cuda.reset_peak_memory_stats()
         vae.encode(video)
         encode_peak = torch.cuda.max_memory_allocated() / 1e9
-        decode = timed(lambda: vae.decode(latent))
+        decode, _ = timed(lambda: vae.decode(latent))
     report = {
         "gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
         "model": "diffusers AutoencoderKLCosmos defaults (CV8x8x8), random weights, bf16",
