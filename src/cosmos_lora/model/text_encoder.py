@@ -30,10 +30,6 @@ class T5TextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = T5EncoderModel.from_pretrained(folder, dtype=dtype).to(self.device).eval().requires_grad_(False)
 
-    @property
-    def dim(self) -> int:
-        return self.model.config.d_model
-
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> list[np.ndarray]:
         """One float32 `[n_tokens, D]` array per prompt, holding only its real tokens."""
@@ -43,9 +39,3 @@ class T5TextEncoder:
         hidden = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
         lengths = batch.attention_mask.sum(dim=1).tolist()
         return [hidden[i, :n].float().cpu().numpy() for i, n in enumerate(lengths)]
-
-    def to(self, device: torch.device | str) -> "T5TextEncoder":
-        self.model.to(device)
-        self.device = torch.device(device)
-        return self
-
