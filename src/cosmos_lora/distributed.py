@@ -152,7 +152,8 @@ def _expand_host(name: str) -> list[str]:
 # -- the process group ------------------------------------------------------------------------------
 
 
-def init_distributed() -> Distributed:
+def init_distributed(process_group: bool = True) -> Distributed:
+    """This process's place; with `process_group`, the NCCL/gloo group too when there are several."""
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -162,7 +163,7 @@ def init_distributed() -> Distributed:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    if process_group and world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     return Distributed(rank, local_rank, world_size, device)
 
@@ -208,7 +209,7 @@ def run_torchrun(command: list[str]) -> int:
             signal.signal(sig, handler)
 
 
-def run_worker(work: Callable[[Distributed], object]) -> int:
+def run_worker(work: Callable[[Distributed], object], process_group: bool = True) -> int:
     """One torchrun worker's life: process group up, `work`, process group down.
 
     A user error is printed as one line (naming the rank) and gives exit code 1; anything else is a
@@ -216,9 +217,11 @@ def run_worker(work: Callable[[Distributed], object]) -> int:
     """
     from cosmos_lora.errors import UserError
 
-    dist_info = init_distributed()
+    dist_info = init_distributed(process_group)
     try:
         work(dist_info)
+        if dist.is_initialized():
+            dist.barrier()  # leave together: a gloo peer that tears down first can abort the others
         return 0
     except UserError as error:
         print(f"Error (rank {dist_info.rank}): {error}", file=sys.stderr)

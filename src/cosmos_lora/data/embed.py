@@ -268,9 +268,7 @@ def check_embed_job(job: EmbedJob) -> None:
 
 
 def run_embed(job: EmbedJob, dist_info, show_progress: bool = True) -> EmbedSummary:
-    """This process's share of the job; every rank returns the summary of all of them."""
-    import torch.distributed as dist
-
+    """This process's share of the job (`clips[rank::world]`); needs no process group."""
     device = dist_info.device
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rank, world = dist_info.rank, dist_info.world_size
@@ -284,50 +282,54 @@ def run_embed(job: EmbedJob, dist_info, show_progress: bool = True) -> EmbedSumm
             write_cache_info(cache_dir, cache_info(Path(s.tokenizer_dir), s.num_frames, s.height, s.width,
                                                    s.pixel_chunk, dtype))
         summary = summary.merge(encode_latents(Path(job.root), s, device, dtype, rank, world, show_progress))
-    if dist_info.enabled:
-        shards = [None] * world
-        dist.all_gather_object(shards, summary)
-        summary = shards[0]
-        for shard in shards[1:]:
-            summary = summary.merge(shard)
-    if job.latents is not None and rank == 0:
+    return summary
+
+
+def finish_embed(job: EmbedJob, shards: list[EmbedSummary]) -> EmbedSummary:
+    """All processes' summaries as one; the latent failures go to the cache's failed.csv."""
+    summary = shards[0]
+    for shard in shards[1:]:
+        summary = summary.merge(shard)
+    if job.latents is not None:
         write_csv(Path(summary.latents_dir) / "failed.csv", FAILED_COLUMNS, summary.latent_failures)
     return summary
 
 
 def launch_embed(job: EmbedJob, nproc: int, show_progress: bool = True) -> EmbedSummary:
-    """Runs the job in this process (one process, or already under torchrun) or in `nproc` through torchrun."""
-    from cosmos_lora.distributed import (close_distributed, init_distributed, launched_by_torchrun, run_torchrun,
-                                         torchrun_command)
+    """Runs the job in this process, or in `nproc` processes through torchrun (each writes its own summary)."""
+    from cosmos_lora.distributed import init_distributed, launched_by_torchrun, run_torchrun, torchrun_command
 
     check_embed_job(job)
-    if launched_by_torchrun() or nproc == 1:
-        try:
-            return run_embed(job, init_distributed(), show_progress)
-        finally:
-            close_distributed()
+    if launched_by_torchrun():  # started by the user's own torchrun: this rank's share only
+        dist_info = init_distributed(process_group=False)
+        summary = run_embed(job, dist_info, show_progress and dist_info.is_main)
+        return finish_embed(job, [summary]) if dist_info.world_size == 1 else summary
+    if nproc == 1:
+        return finish_embed(job, [run_embed(job, init_distributed(process_group=False), show_progress)])
     with tempfile.TemporaryDirectory(prefix="cosmos-lora-embed-") as folder:
-        job_file, summary_file = Path(folder) / "job.json", Path(folder) / "summary.json"
+        job_file = Path(folder) / "job.json"
         job_file.write_text(job.to_json(), encoding="utf-8")
-        code = run_torchrun(torchrun_command("cosmos_lora.data.embed", [str(job_file), str(summary_file)], nproc))
-        if code != 0 or not summary_file.is_file():
+        code = run_torchrun(torchrun_command("cosmos_lora.data.embed", [str(job_file), folder], nproc))
+        shards = sorted(Path(folder).glob("summary.rank*.json"))
+        if code != 0 or len(shards) != nproc:
             raise UserError(f"Embedding failed in a worker process (exit code {code}); see the messages above.",
                             "fix what they name and rerun the same command: finished embeddings and latents are kept.")
-        return EmbedSummary(**json.loads(summary_file.read_text(encoding="utf-8")))
+        return finish_embed(job, [EmbedSummary(**json.loads(p.read_text(encoding="utf-8"))) for p in shards])
 
 
 def main(argv: list[str]) -> int:
-    """torchrun's entry: `python -m cosmos_lora.data.embed JOB.json SUMMARY.json`; exit 1 on a user error."""
+    """torchrun's entry: `python -m cosmos_lora.data.embed JOB.json FOLDER`; each process writes
+    `FOLDER/summary.rank<r>.json`. The processes never talk to each other, so no process group."""
     from cosmos_lora.distributed import run_worker
 
     job = EmbedJob.from_json(Path(argv[0]).read_text(encoding="utf-8"))
 
     def work(dist_info) -> None:
         summary = run_embed(job, dist_info)
-        if dist_info.is_main:
-            Path(argv[1]).write_text(json.dumps(asdict(summary)), encoding="utf-8")
+        shard = Path(argv[1]) / f"summary.rank{dist_info.rank}.json"
+        shard.write_text(json.dumps(asdict(summary)), encoding="utf-8")
 
-    return run_worker(work)
+    return run_worker(work, process_group=False)
 
 
 # ---------------------------------------------------------------- plumbing
