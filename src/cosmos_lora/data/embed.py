@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cosmos_lora.data.embeddings import read_t5_embedding, write_t5_embedding
 from cosmos_lora.data.latents import (CACHE_INFO, cache_info, latent_cache_dir, latent_problem, latent_shape,
                                       video_fingerprint, write_cache_info, write_latent)
 from cosmos_lora.data.layout import FAILED_COLUMNS, DatasetLayout, write_csv
 from cosmos_lora.errors import UserError
+from cosmos_lora.progress import progress_bar
 
 DECODE_THREADS = 4  # ffmpeg decodes in its own processes; threads only wait on them
 
@@ -138,7 +137,7 @@ def embed_dataset(root: Path, text_encoder_dir: Path, device: torch.device, dtyp
 
         encoder = T5TextEncoder(text_encoder_dir, device, dtype)
         batches = HalvingBatches(batch_size, _halving_note("T5", rank))
-        with _progress(show_progress and rank == 0) as progress:
+        with progress_bar(show_progress and rank == 0) as progress:
             task = progress.add_task("caption embeddings", total=len(todo))
             for batch, embeddings in batches.run(todo, lambda batch: encoder.encode(
                     [layout.caption(c).read_text(encoding="utf-8").strip() for c in batch])):
@@ -196,7 +195,7 @@ def encode_latents(root: Path, settings: LatentSettings, device: torch.device, d
         return latents
 
     batches = HalvingBatches(s.batch_size, _halving_note("tokenizer", rank))
-    with _progress(show_progress and rank == 0) as progress, ThreadPoolExecutor(DECODE_THREADS) as pool:
+    with progress_bar(show_progress and rank == 0) as progress, ThreadPoolExecutor(DECODE_THREADS) as pool:
         task = progress.add_task("latents", total=len(todo))
         for group in _loaded_groups(pool, todo, load, batches, summary, layout, lambda: progress.advance(task)):
             for batch, latents in batches.run(group, encode):
@@ -348,13 +347,6 @@ def _halving_note(what: str, rank: int) -> Callable[[int, int], None]:
               file=sys.stderr)
 
     return note
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-        TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled,
-    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from cosmos_lora.data.sources import relative as _relative
 from cosmos_lora.data.video import VideoWriter, count_frames, iter_video_frames, probe_video, resize_cover_crop
 from cosmos_lora.errors import UserError
 from cosmos_lora.paths import atomic_path
+from cosmos_lora.progress import progress_bar
 
 TOO_SHORT = "too short"  # the start of every failed.csv reason counted as a short video, not a failure
 
@@ -91,7 +92,7 @@ def prepare_clips(src: Path, out_root: Path, clip_frames: int = 121, max_clips_p
     if not sources and not failures:
         raise UserError(f"No videos ({', '.join(SOURCE_SUFFIXES)}) found under {src}.",
                         "pass the folder that holds the raw videos (it is searched recursively).")
-    with _progress(show_progress) as progress, _executor(workers, len(sources)) as pool:
+    with progress_bar(show_progress) as progress, _executor(workers, len(sources)) as pool:
         planner = _Call(plan_clips, clip_frames=clip_frames, max_clips=max_clips_per_video, pad=pad)
         plans = list(_map(pool, planner, sources, progress.add_task("probing sources", total=len(sources)),
                           progress))
@@ -357,12 +358,3 @@ def _executor(workers: int, num_sources: int):
         return nullcontext(None)
     # spawn, not fork: the parent has threads (the progress bar), and fork with threads can deadlock.
     return ProcessPoolExecutor(min(workers, num_sources), mp_context=multiprocessing.get_context("spawn"))
-
-
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)

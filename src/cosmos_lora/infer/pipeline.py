@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cosmos_lora.data.embeddings import pad_embedding
 from cosmos_lora.data.video import side_by_side, write_video
@@ -32,6 +30,7 @@ from cosmos_lora.model.sampler import sample_latents
 from cosmos_lora.model.text_encoder import T5TextEncoder
 from cosmos_lora.model.tokenizer import TOKENIZER_FILES, VideoTokenizer, latent_frames, video_to_uint8
 from cosmos_lora.paths import atomic_path
+from cosmos_lora.progress import progress_bar
 
 STAGE_LABELS = {"original": "original", "lora": "LoRA"}
 T5_BATCH = 16  # prompts per T5 forward, so a long prompts file is not one huge batch
@@ -243,7 +242,7 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
     generator = Text2WorldGenerator(settings, device)
     stages = STAGES[settings.stages]
     written = []
-    with _progress(show_progress) as progress:
+    with progress_bar(show_progress) as progress:
         videos_task = progress.add_task("videos", total=len(todo) * len(stages))
         steps_task = progress.add_task("steps", total=settings.steps)
         for job in todo:
@@ -294,10 +293,3 @@ def finish(settings: InferSettings, jobs: list[Job]) -> Path | None:
     if settings.stages != "both":
         return None
     return write_index(settings.out_dir, [(j, compare_path(settings.out_dir, j)) for j in jobs])
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-        TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled,
-    )
