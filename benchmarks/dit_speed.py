@@ -11,7 +11,9 @@ blocks, then times, with CUDA events after a warm-up (median of 3), at 121x704x1
   CFG step (one batch-2 forward): stock (eager) vs ours (compiled blocks, the default)
 
 It also measures a bf16 matmul in the same run for MFU, records peak memory per variant, and checks
-that our loss and LoRA gradients match the stock path's within bf16 tolerance.
+that our loss and LoRA gradients match the stock path's within bf16 tolerance. `--profile-train`
+profiles one training step of the last variant and splits its GPU time into attention forward,
+attention backward, matrix products and the rest: where the floor of the step lies.
 
     python benchmarks/dit_speed.py --out dit_speed.json
 """
@@ -39,6 +41,24 @@ def matmul_tflops() -> float:
     return 20 * 2 * 8192**3 / seconds / 1e12
 
 
+def kernel_category(name: str) -> str:
+    lowered = name.lower()
+    if "sdpa" in lowered or "flash" in lowered or "attention" in lowered or "fmha" in lowered:
+        return "attention_backward" if any(tag in lowered for tag in ("bprop", "bwd", "backward", "dgrad", "dq")) else "attention_forward"
+    if any(tag in lowered for tag in ("nvjet", "gemm", "cutlass", "xmma", "matmul")):
+        return "matmul"
+    return "other"
+
+
+def kernel_breakdown(prof) -> dict[str, float]:
+    """GPU seconds per kernel category over the profiled work."""
+    seconds = {"attention_forward": 0.0, "attention_backward": 0.0, "matmul": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            seconds[kernel_category(event.key)] += event.self_device_time_total / 1e6
+    return {category: round(value, 3) for category, value in seconds.items()}
+
+
 # Each variant is a `configure_blocks` setting; `ours` is what posttrain and infer run by default.
 TRAIN_VARIANTS = {
     "stock": dict(recompute_fraction=1.0, keep_self_attention=False, compile_blocks=False, prefer_cudnn=False),
@@ -58,6 +78,7 @@ def main() -> None:
     parser.add_argument("--variants", default="stock,sac,compiled_full,ours")
     parser.add_argument("--cfg-variants", default="stock,ours")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-train", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     report = {"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
@@ -103,7 +124,7 @@ def main() -> None:
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70)
         print(table, flush=True)
         report["cfg_profile_top_kernels"] = table
-    for variant in args.cfg_variants.split(","):
+    for variant in filter(None, args.cfg_variants.split(",")):
         reset_blocks(net)
         configure_blocks(net, **CFG_VARIANTS[variant])
         torch.cuda.reset_peak_memory_stats()
@@ -113,14 +134,14 @@ def main() -> None:
                         "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 1),
                         "tflops": round(CFG_PFLOP * 1e3 / seconds, 1)}
         print("cfg", variant, json.dumps(cfg[variant]), flush=True)
-    first = next(iter(outputs))
+    first = next(iter(outputs), None)
     for variant, out in outputs.items():
         if variant != first:
             cfg[variant]["output_rel_diff_vs_first"] = float((out.float() - outputs[first].float()).norm() / outputs[first].float().norm())
     report["cfg_step"] = cfg
     args.out.write_text(json.dumps(report, indent=1))
     results, reference = {}, None
-    for variant in args.variants.split(","):
+    for variant in filter(None, args.variants.split(",")):
         reset_blocks(net)
         configure_blocks(net, **TRAIN_VARIANTS[variant])
         torch.cuda.empty_cache()
@@ -149,6 +170,14 @@ def main() -> None:
         print(variant, json.dumps(entry), flush=True)
         args.out.write_text(json.dumps(report | {"train_step": results}, indent=1))
     report["train_step"] = results
+    if args.profile_train:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        report["train_profile_seconds"] = kernel_breakdown(prof)
+        report["train_profile_top_kernels"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18,
+                                                                        max_name_column_width=70)
+        print(report["train_profile_top_kernels"], flush=True)
 
     args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))

@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, nargs=2, default=(704, 1280))
     args = parser.parse_args()
     checkpoints, started = args.root / "checkpoints", time.perf_counter()
+    ready = args.root / "READY"
+    if ready.is_file():  # built whole by an earlier call; parallel benchmark phases must not rewrite it
+        return
     if not (checkpoints / "Cosmos-Predict1-7B-Text2World" / "model.pt").is_file():
         write_random_dit(checkpoints / "Cosmos-Predict1-7B-Text2World" / "model.pt")
     write_tiny_tokenizer(checkpoints / "Cosmos-Tokenize1-CV8x8x8-720p")
@@ -54,6 +57,7 @@ def main() -> None:
     if not (dataset / "videos").is_dir():
         make_synthetic_dataset(dataset, args.clips, args.frames, *args.resolution, fps=24, seed=0)
     embed_dataset(dataset, checkpoints / "google-t5" / "t5-11b", torch.device("cpu"), torch.float32)
+    ready.touch()
     print(f"fake 7B world ready in {time.perf_counter() - started:.0f} s: {args.root}")
 
 

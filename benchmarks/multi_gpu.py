@@ -4,9 +4,10 @@
                SIGTERM after it, `--resume` to the end; s/step, samples/s, peak memory, scaling
     infer      `--stages both` for P prompts x 1 seed on N GPUs vs 1 prompt on 1 GPU: videos/hour
 
-Each phase fits one device call (`--phase posttrain-1`, `posttrain-n`, `infer-1`, `infer-n`); the
-fake world (`fake_world_7b.py`) is rebuilt when missing. `--world tiny` runs the same on the tiny
-model and CPU processes, to check the script itself.
+Each phase fits one device call (`--phase world`, `posttrain-1`, `posttrain-n`, `infer-1`,
+`infer-n`); the fake world (`fake_world_7b.py`) is built when missing. `multi_gpu_session.sh` runs
+them all in one go. `--world tiny` runs the same on the tiny model and CPU processes, to check the
+scripts themselves.
 
     python benchmarks/multi_gpu.py --root /tmp/world --phase posttrain-n --nproc 8 --out posttrain_8.json
 """
@@ -43,7 +44,10 @@ def cli(root: Path, *args: str) -> float:
 
 
 def make_world(root: Path, world: str) -> list[str]:
-    """The dataset and checkpoints; returns the CLI options that select the model."""
+    """The dataset and checkpoints, built once (`<root>/READY`); returns the CLI options that select the model."""
+    model = ["--model", "tiny"] if world == "tiny" else []
+    if (root / "READY").is_file():
+        return model
     if world == "tiny":
         import torch
 
@@ -53,13 +57,13 @@ def make_world(root: Path, world: str) -> list[str]:
 
         write_tiny_checkpoints(root / "checkpoints")
         dataset = root / "datasets" / DATASET
-        if not (dataset / "videos").is_dir():
-            make_synthetic_dataset(dataset, 16, 17, 64, 64, fps=24, seed=0)
+        make_synthetic_dataset(dataset, 16, 17, 64, 64, fps=24, seed=0)
         embed_dataset(dataset, root / "checkpoints" / TINY_T5, torch.device("cpu"), torch.float32)
-        return ["--model", "tiny"]
-    subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world_7b.py")), "--root", str(root), "--clips", "16"],
-                   check=True)
-    return []
+        (root / "READY").touch()
+    else:
+        subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world_7b.py")), "--root", str(root), "--clips", "16"],
+                       check=True)
+    return model
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -79,7 +83,7 @@ def summarise(rows: list[dict], skip_steps: set[int]) -> dict:
 
 
 def posttrain_one(root: Path, model: list[str], steps: int) -> dict:
-    name = "scale_1gpu"
+    name = "baseline_1gpu"
     args = [*model, "--dataset", DATASET, "--name", name, "--nproc", "1", "--grad-accum", "2", "--max-iter", str(steps),
             "--", "trainer.log_every=1"]
     seconds = cli(root, "posttrain", *args)
@@ -118,17 +122,16 @@ def posttrain_n(root: Path, model: list[str], nproc: int, steps: int, save_every
     }
 
 
-def infer(root: Path, model: list[str], nproc: int, prompts: list[str], steps: int) -> dict:
-    name = f"scale_{nproc}gpu"
+def infer(root: Path, model: list[str], nproc: int, prompts: list[str], steps: int, name: str) -> dict:
     args = [*model, *sum((["-p", p] for p in prompts), []), "--stages", "both", "--lora-scale", "0", "--steps", str(steps),
-            "--nproc", str(nproc), "--name", name, "--lora", str(_any_adapter(root)), "--overwrite"]
+            "--nproc", str(nproc), "--name", name, "--lora", str(_any_adapter(root, name)), "--overwrite"]
     seconds = cli(root, "infer", *args)
     videos = len(prompts) * 2
     return {"command": "cosmos-lora infer " + " ".join(args), "videos": videos, "wall_seconds": seconds,
             "videos_per_hour": round(videos * 3600 / seconds, 2)}
 
 
-def _any_adapter(root: Path) -> Path:
+def _any_adapter(root: Path, name: str) -> Path:
     """A rank-8 LoRA for the world's DiT (throughput does not depend on its values; `--lora-scale 0`)."""
     import torch
 
@@ -144,7 +147,7 @@ def _any_adapter(root: Path) -> Path:
         linear = net.get_submodule(module)
         state[f"{module}.lora_A.weight"] = torch.randn(spec.rank, linear.in_features) / spec.rank
         state[f"{module}.lora_B.weight"] = torch.zeros(linear.out_features, spec.rank)
-    path = root / "adapter.safetensors"
+    path = root / f"adapter_{name}.safetensors"  # one per run: runs side by side must not share the file
     save_adapter(path, state, spec)
     return path
 
@@ -152,7 +155,7 @@ def _any_adapter(root: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--phase", choices=["posttrain-1", "posttrain-n", "infer-1", "infer-n"], required=True)
+    parser.add_argument("--phase", choices=["world", "posttrain-1", "posttrain-n", "infer-1", "infer-n"], required=True)
     parser.add_argument("--nproc", type=int, default=8)
     parser.add_argument("--world", choices=["7b", "tiny"], default="7b")
     parser.add_argument("--steps", type=int, default=22)
@@ -169,14 +172,17 @@ def main() -> None:
         report["gpus_visible"] = torch.cuda.device_count()
     except Exception:  # noqa: BLE001 - a report without the GPU name is still a report
         pass
-    if args.phase == "posttrain-1":
+    if args.phase == "world":
+        report["root"] = str(args.root)
+    elif args.phase == "posttrain-1":
         report["posttrain"] = posttrain_one(args.root, model, steps=4)
     elif args.phase == "posttrain-n":
         report["posttrain"] = posttrain_n(args.root, model, args.nproc, args.steps, args.save_every)
     elif args.phase == "infer-1":
-        report["infer"] = infer(args.root, model, 1, PROMPTS[:1], args.infer_steps)
+        report["infer"] = infer(args.root, model, 1, PROMPTS[:1], args.infer_steps, "baseline_1gpu")
     else:
-        report["infer"] = infer(args.root, model, args.nproc, PROMPTS[: args.nproc], args.infer_steps)
+        report["infer"] = infer(args.root, model, args.nproc, PROMPTS[: args.nproc], args.infer_steps,
+                                f"scale_{args.nproc}gpu")
     args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
 
