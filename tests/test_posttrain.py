@@ -3,7 +3,8 @@
 Runs are made once per module and shared between the tests that read them:
 
     A  30 steps, lr 1e-2                          loss, frozen base, resume reference
-    B  the same, SIGTERM after the first step, then resumed with the command the CLI prints
+    B  the same with 2 data loader workers, SIGTERM after the first step, then resumed with the command
+       the CLI prints (the signal reaches the loader workers too, as from Slurm or a terminal)
     C  the same with a derived name, 5 steps, then `--config <run>/config.yaml --resume -- trainer.max_iter=30`
     D  --rank 4 --alpha 8 --target k --max-iter 3 --grad-accum 4
 """
@@ -125,7 +126,8 @@ def run_a(world) -> Path:
 def run_b(world) -> Interrupted:
     """Started as users start it, SIGTERM'd after its first logged step, then resumed as the CLI says."""
     run_dir = world.run("B")
-    command = [sys.executable, "-m", "cosmos_lora", *TRAIN, "--name", "B", "--max-iter", str(STEPS), *HIGH_LR, *EVERY_STEP]
+    command = [sys.executable, "-m", "cosmos_lora", *TRAIN, "--name", "B", "--max-iter", str(STEPS), *HIGH_LR, *EVERY_STEP,
+               "dataloader_train.num_workers=2"]
     with tempfile.TemporaryFile("w+") as log:
         cli = subprocess.Popen(command, env={**os.environ, **world.env}, stdout=subprocess.DEVNULL, stderr=log, text=True)
         try:
