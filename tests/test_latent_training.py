@@ -13,7 +13,7 @@ from cosmos_lora.train.trainer import Trainer
 def _train_two_steps(config) -> dict[str, torch.Tensor]:
     prepare_run_dir(config, resume=False)
     trainer = Trainer(config, Distributed(0, 0, 1, torch.device("cpu")))
-    trainer._start_epoch()
+    trainer._start_data()
     for _ in range(2):
         trainer.train_step()
         trainer.step += 1

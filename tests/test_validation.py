@@ -57,7 +57,7 @@ def snapshot(trainer: Trainer) -> dict:
 def test_validation_changes_no_training_state_and_leaks_nothing(roots):
     trainer = make_trainer(roots, "inproc")
     try:
-        trainer._start_epoch()
+        trainer._start_data()
         for _ in range(2):  # from step 2 on the EMA differs from the weights
             trainer.train_step()
             trainer.step += 1
