@@ -331,6 +331,7 @@ def test_sigterm_saves_a_resumable_state_and_says_how_to_resume(run_b):
     assert run_b.code == 1 and run_b.status["state"] == "interrupted"
     assert 1 <= step < STEPS and run_b.latest["step"] == step
     assert f"Interrupted after step {step}" in run_b.stderr
+    assert "Traceback" not in run_b.stderr and "ChildFailedError" not in run_b.stderr  # one line, not the launcher's
     assert f"posttrain --config {run_b.run_dir / 'config.yaml'} --resume" in run_b.stderr
     assert {"rng_rank0.pt", "rng_rank1.pt", "train_state.pt"} <= set(run_b.state_files)
     assert read_json(run_b.run_dir / "status.json")["state"] == "finished"

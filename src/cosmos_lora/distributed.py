@@ -14,7 +14,6 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -179,10 +178,9 @@ def visible_gpus() -> int:
 
 def torchrun_command(module: str, args: list[str], nproc: int, nnodes: int = 1, node_rank: int = 0,
                      rdzv_endpoint: str | None = None) -> list[str]:
-    """`torchrun ... -m module args`; multi-node when nnodes > 1 (c10d rendezvous at rdzv_endpoint)."""
-    launcher = Path(sys.executable).with_name("torchrun")
-    command = [str(launcher)] if launcher.is_file() else [sys.executable, "-m", "torch.distributed.run"]
-    command += [f"--nproc_per_node={nproc}"]
+    """torchrun (through `cosmos_lora.torchrun`) `... -m module args`; multi-node when nnodes > 1
+    (c10d rendezvous at rdzv_endpoint)."""
+    command = [sys.executable, "-m", "cosmos_lora.torchrun", f"--nproc_per_node={nproc}"]
     if nnodes > 1:
         command += [f"--nnodes={nnodes}", f"--node_rank={node_rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv_endpoint}"]
     else:
