@@ -8,7 +8,10 @@ blocks, then times, with CUDA events after a warm-up (median of 3), at 121x704x1
     sac            self-attention outputs kept, the rest recomputed, eager
     compiled_full  every block recomputed, blocks compiled (the memory-saving mode)
     ours           self-attention outputs kept, the rest recomputed, blocks compiled (the default)
-  CFG step (one batch-2 forward): stock (eager) vs ours (compiled blocks, the default)
+  CFG step (one batch-2 forward): stock (eager) vs ours (compiled blocks, the default); `fp8`: ours
+  with the frozen base linears of the blocks in FP8 (torchao, e4m3 with per-row scales; LoRA stays
+  as it is). A lever under test, not a path of `infer`: it changes the weights, so it runs last and
+  alone with training (`--variants ""`); needs the torchao wheel (0.18.0 pairs with torch 2.11).
 
 It also measures a bf16 matmul in the same run for MFU, records peak memory per variant, and checks
 that our loss and LoRA gradients match the stock path's within bf16 tolerance. `--profile-train`
@@ -69,7 +72,22 @@ TRAIN_VARIANTS = {
 CFG_VARIANTS = {
     "stock": dict(compile_blocks=False, prefer_cudnn=False),
     "ours": dict(compile_blocks=True, prefer_cudnn=True),
+    "fp8": dict(compile_blocks=True, prefer_cudnn=True),
 }
+
+
+def quantize_base_linears_fp8(net) -> int:
+    """FP8 weights and activations for the attention and MLP linears of the blocks (not LoRA's factors, not
+    the adaLN modulation, whose matmuls have one row per sample); returns how many."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    def is_base_linear(module, fqn: str) -> bool:
+        in_block = any(part in fqn for part in (".attn1.", ".attn2.", ".ff."))
+        return isinstance(module, torch.nn.Linear) and in_block and "lora_" not in fqn
+
+    count = sum(is_base_linear(m, name) for name, m in net.named_modules())
+    quantize_(net, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=is_base_linear)
+    return count
 
 
 def main() -> None:
@@ -80,6 +98,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-train", action="store_true")
     args = parser.parse_args()
+    cfg_variants = [v for v in args.cfg_variants.split(",") if v]
+    if "fp8" in cfg_variants and (cfg_variants[-1] != "fp8" or args.variants):
+        parser.error('fp8 changes the weights: put it last in --cfg-variants, with --variants ""')
     torch.manual_seed(0)
     report = {"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
               "size": "121x704x1280, 16x88x160 latents, 56,320 tokens", "lora": "rank 8, FA+CA q/v, 28 blocks"}
@@ -124,8 +145,10 @@ def main() -> None:
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70)
         print(table, flush=True)
         report["cfg_profile_top_kernels"] = table
-    for variant in filter(None, args.cfg_variants.split(",")):
+    for variant in cfg_variants:
         reset_blocks(net)
+        if variant == "fp8":
+            report["fp8_linears"] = quantize_base_linears_fp8(net)
         configure_blocks(net, **CFG_VARIANTS[variant])
         torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
