@@ -12,9 +12,11 @@
 # extra device time. nvidia-smi's memory use per GPU is sampled every 5 s into gpu_memory.csv.
 #
 #   RESULTS=out WORLD_ROOT=/tmp/world bash benchmarks/multi_gpu_session.sh
+#   PHASES=posttrain ...    only steps 1-3 (PHASES=infer: 1 and 4)
 #   WORLD=tiny NGPU=2 ...   the same phases on the tiny model and CPU processes (no profile)
 set -u
 world=${WORLD:-7b}
+phases=${PHASES:-posttrain infer}
 root=${WORLD_ROOT:?set WORLD_ROOT}
 results=${RESULTS:?set RESULTS}
 here=$(dirname "$0")
@@ -31,31 +33,39 @@ fi
 bench() { python3 "$here/multi_gpu.py" --root "$root" --world "$world" "$@"; }
 phase() { echo "$(date +%T) $*" >> "$results/progress.log"; }
 
+posttrain_phases() {
+  phase "posttrain on 1 GPU | training-step profile"
+  local pids=()
+  visible 0 bench --phase posttrain-1 --out "$results/posttrain_1.json" > "$results/posttrain_1.log" 2>&1 &
+  pids+=($!)
+  if [ "$world" != tiny ]; then
+    visible 1 python3 "$here/dit_speed.py" --variants ours --cfg-variants "" --profile-train \
+      --out "$results/train_profile.json" > "$results/train_profile.log" 2>&1 &
+    pids+=($!)
+  fi
+  wait "${pids[@]}"
+
+  phase "posttrain on $n GPUs with SIGTERM and resume"
+  bench --phase posttrain-n --nproc "$n" --steps 20 --save-every 10 --out "$results/posttrain_n.json" \
+    > "$results/posttrain_n.log" 2>&1
+}
+
+infer_phases() {
+  phase "infer on $((n - 1)) GPUs | infer on 1 GPU"
+  local pids=()
+  visible "$(seq -s, 0 $((n - 2)))" bench --phase infer-n --nproc $((n - 1)) --out "$results/infer_n.json" \
+    > "$results/infer_n.log" 2>&1 &
+  pids+=($!)
+  visible $((n - 1)) bench --phase infer-1 --out "$results/infer_1.json" > "$results/infer_1.log" 2>&1 &
+  pids+=($!)
+  wait "${pids[@]}"
+}
+
 phase "world"
 bench --phase world --out "$results/world.json" > "$results/world.log" 2>&1 || exit 1
-
-phase "posttrain on 1 GPU | training-step profile"
-pids=()
-visible 0 bench --phase posttrain-1 --out "$results/posttrain_1.json" > "$results/posttrain_1.log" 2>&1 &
-pids+=($!)
-if [ "$world" != tiny ]; then
-  visible 1 python3 "$here/dit_speed.py" --variants ours --cfg-variants "" --profile-train \
-    --out "$results/train_profile.json" > "$results/train_profile.log" 2>&1 &
-  pids+=($!)
-fi
-wait "${pids[@]}"
-
-phase "posttrain on $n GPUs with SIGTERM and resume"
-bench --phase posttrain-n --nproc "$n" --steps 20 --save-every 10 --out "$results/posttrain_n.json" \
-  > "$results/posttrain_n.log" 2>&1
-
-phase "infer on $((n - 1)) GPUs | infer on 1 GPU"
-visible "$(seq -s, 0 $((n - 2)))" bench --phase infer-n --nproc $((n - 1)) --out "$results/infer_n.json" \
-  > "$results/infer_n.log" 2>&1 &
-pids=($!)
-visible $((n - 1)) bench --phase infer-1 --out "$results/infer_1.json" > "$results/infer_1.log" 2>&1 &
-pids+=($!)
-wait "${pids[@]}"
+for name in $phases; do
+  "${name}_phases"
+done
 
 [ -n "${sampler:-}" ] && kill "$sampler"
 phase "done"
