@@ -378,6 +378,17 @@ def test_bad_dataset_fails_before_launch_listing_every_problem(cli_env):
 
 
 @pytest.mark.slow
+def test_a_problem_only_the_workers_see_ends_as_one_line_without_tracebacks(world):
+    command = [sys.executable, "-m", "cosmos_lora", *TRAIN, "--name", "E", "--batch-size", "16", "--max-iter", "2"]
+    done = subprocess.run(command, env={**os.environ, **world.env}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if "Error" in line]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert "cannot fill 2 processes x batch 16" in errors[0] and "Fix:" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
 def test_a_run_folder_is_not_reused_unless_resuming(world, run_a):
     before = sha256(run_a / "config.yaml")
     result = world.invoke(*TRAIN, "--name", "A", "--max-iter", str(STEPS), *HIGH_LR, *EVERY_STEP)

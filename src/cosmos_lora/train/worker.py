@@ -24,9 +24,8 @@ def main(config_path: str) -> int:
         trainer = Trainer(config, dist_info)
         outcome = trainer.train()
         return 0 if outcome == "finished" else EXIT_INTERRUPTED
-    except UserError as error:
-        if dist_info.is_main:
-            print(f"Error: {error}", file=sys.stderr)
+    except UserError as error:  # the launcher repeats it from the status as the run's one-line outcome
+        write_status(config.job.run_dir, "failed", trainer.step if trainer else 0, dist_info, message=str(error))
         return 1
     except BaseException:
         write_status(config.job.run_dir, "failed", trainer.step if trainer else 0, dist_info)
