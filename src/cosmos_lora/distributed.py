@@ -188,6 +188,11 @@ def torchrun_command(module: str, args: list[str], nproc: int, nnodes: int = 1, 
     return command + ["-m", module, *args]
 
 
+def stopped_by_signal(code: int) -> bool:
+    """The launch's exit code says SIGTERM or Ctrl-C stopped it (rather than a failure)."""
+    return code in (128 + signal.SIGTERM, 128 + signal.SIGINT)
+
+
 def run_torchrun(command: list[str]) -> int:
     """Runs torchrun in its own process group and forwards Ctrl-C/SIGTERM to all of it as SIGTERM,
     so workers get to finish the step and save before exiting."""
@@ -207,14 +212,24 @@ def run_torchrun(command: list[str]) -> int:
             signal.signal(sig, handler)
 
 
+class _Stopped(BaseException):
+    """SIGTERM or Ctrl-C in a worker: unwinds the work, so its temporary files are removed on the way."""
+
+
+def _stop(signum, frame):
+    raise _Stopped(signum)
+
+
 def run_worker(work: Callable[[Distributed], object], process_group: bool = True) -> int:
     """One torchrun worker's life: process group up, `work`, process group down.
 
-    A user error is printed as one line (naming the rank) and gives exit code 1; anything else is a
-    bug and keeps its traceback.
+    A user error is printed as one line (naming the rank) and gives exit code 1; SIGTERM/SIGINT stop
+    the work quietly with 128 + the signal; anything else is a bug and keeps its traceback.
     """
     from cosmos_lora.errors import UserError
 
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
     dist_info = init_distributed(process_group)
     try:
         work(dist_info)
@@ -224,5 +239,7 @@ def run_worker(work: Callable[[Distributed], object], process_group: bool = True
     except UserError as error:
         print(f"Error (rank {dist_info.rank}): {error}", file=sys.stderr)
         return 1
+    except _Stopped as stop:
+        return 128 + stop.args[0]
     finally:
         close_distributed()

@@ -4,7 +4,8 @@ The same launcher (`torch.distributed.run`, same arguments and behaviour), witho
 own traceback and failure report: those appear when a worker stops on purpose (SIGTERM or Ctrl-C
 after saving, or a user error the worker has already explained in one line) and would bury the
 CLI's one-line outcome. A worker killed by a signal, which prints nothing itself, is still named.
-Exits with the first failed worker's exit code.
+Exits with the first failed worker's exit code, or 128 + the signal when SIGTERM/SIGINT stopped it
+(the shell's convention, which `cosmos_lora.distributed.stopped_by_signal` reads).
 """
 
 import logging
@@ -29,6 +30,8 @@ def main(argv: list[str]) -> int:
         run(parse_args(argv))
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
+        if failure.exitcode in (-signal.SIGTERM, -signal.SIGINT):  # stopped, as asked: not a failure to explain
+            return 128 - failure.exitcode
         if failure.exitcode < 0:
             print(f"Error: rank {rank} was killed by signal {-failure.exitcode} ({signal.strsignal(-failure.exitcode)}): "
                   "out of host memory, or stopped from outside.", file=sys.stderr)

@@ -42,7 +42,9 @@ def infer(
     seed_<k>.json beside them, and index.html showing every comparison.
     """
     from cosmos_lora.config import load_preset
-    from cosmos_lora.distributed import close_distributed, init_distributed, launched_by_torchrun, run_torchrun, torchrun_command, visible_gpus
+    from cosmos_lora.distributed import (
+        close_distributed, init_distributed, launched_by_torchrun, run_torchrun, stopped_by_signal, torchrun_command, visible_gpus,
+    )
     from cosmos_lora.infer import adapters
     from cosmos_lora.infer.pipeline import InferSettings, check_model, check_settings
     from cosmos_lora.infer.prompts import STAGES, read_prompts
@@ -82,8 +84,12 @@ def infer(
             run_plan(plan, init_distributed())
         finally:
             close_distributed()
-    elif run_torchrun(torchrun_command("cosmos_lora.infer.run", [str(plan)], processes)) != 0:
-        raise UserError("Inference failed in a worker; see the messages above.", "rerun the same command: finished videos are kept.")
+    else:
+        code = run_torchrun(torchrun_command("cosmos_lora.infer.run", [str(plan)], processes))
+        if stopped_by_signal(code):
+            raise UserError("Stopped before every video was made.", "rerun the same command: finished videos are kept.")
+        if code != 0:
+            raise UserError("Inference failed in a worker; see the messages above.", "rerun the same command: finished videos are kept.")
     result(str(settings.out_dir))
 
 

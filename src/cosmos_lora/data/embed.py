@@ -296,7 +296,7 @@ def finish_embed(job: EmbedJob, shards: list[EmbedSummary]) -> EmbedSummary:
 
 def launch_embed(job: EmbedJob, nproc: int, show_progress: bool = True) -> EmbedSummary:
     """Runs the job in this process, or in `nproc` processes through torchrun (each writes its own summary)."""
-    from cosmos_lora.distributed import init_distributed, launched_by_torchrun, run_torchrun, torchrun_command
+    from cosmos_lora.distributed import init_distributed, launched_by_torchrun, run_torchrun, stopped_by_signal, torchrun_command
 
     check_embed_job(job)
     if launched_by_torchrun():  # started by the user's own torchrun: this rank's share only
@@ -310,6 +310,9 @@ def launch_embed(job: EmbedJob, nproc: int, show_progress: bool = True) -> Embed
         job_file.write_text(job.to_json(), encoding="utf-8")
         code = run_torchrun(torchrun_command("cosmos_lora.data.embed", [str(job_file), folder], nproc))
         shards = sorted(Path(folder).glob("summary.rank*.json"))
+        if stopped_by_signal(code):
+            raise UserError("Stopped before every clip was embedded.",
+                            "rerun the same command: finished embeddings and latents are kept.")
         if code != 0 or len(shards) != nproc:
             raise UserError(f"Embedding failed in a worker process (exit code {code}); see the messages above.",
                             "fix what they name and rerun the same command: finished embeddings and latents are kept.")
