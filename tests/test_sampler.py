@@ -1,10 +1,14 @@
-"""The trainer's batch stream: epoch after epoch without a new iterator, and a resume continues it exactly."""
+"""The trainer's batch stream: epoch after epoch without a new iterator, a resume continues it exactly,
+and a clip that fails to load in a loader process is reported as itself."""
 
 import itertools
 
-from torch.utils.data import DistributedSampler
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from cosmos_lora.train.trainer import EndlessDistributedSampler
+from cosmos_lora.errors import UserError
+from cosmos_lora.train.trainer import ClipError, EndlessDistributedSampler, _collate, _ErrorsAsValues, _next_clip_batch
 
 CLIPS, WORLD, BATCH = 11, 2, 2  # 5 clips per rank: 2 whole batches per epoch, 1 clip left over
 
@@ -44,3 +48,23 @@ def test_a_stream_started_mid_epoch_continues_the_same_sequence():
 def test_the_ranks_never_share_a_clip_within_an_epoch():
     first_epoch = [set(itertools.islice(endless(rank), 4)) for rank in range(WORLD)]
     assert not first_epoch[0] & first_epoch[1]
+
+
+def test_a_clip_error_in_a_loader_worker_arrives_whole():
+    """A UserError raised in a loader process keeps its problem and fix (DataLoader alone would turn it into
+    its worker's traceback text) and names only the failing clip."""
+    class OneBadClip(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            if index == 2:
+                raise UserError("Video clip_2.mp4 could not be decoded: moov atom not found.", "re-encode or remove it.")
+            return {"latent": torch.full((1,), float(index))}
+
+    batches = iter(DataLoader(_ErrorsAsValues(OneBadClip()), batch_size=2, num_workers=1, collate_fn=_collate))
+    assert _next_clip_batch(batches)["latent"].flatten().tolist() == [0.0, 1.0]
+    with pytest.raises(ClipError) as raised:
+        _next_clip_batch(batches)
+    assert raised.value.problem == "Video clip_2.mp4 could not be decoded: moov atom not found."
+    assert raised.value.fix == "re-encode or remove it."

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from cosmos_lora.config import LazyDict, instantiate
 from cosmos_lora.errors import UserError
@@ -57,6 +57,39 @@ class EndlessDistributedSampler(DistributedSampler):
             epoch, start = epoch + 1, 0
 
 
+class ClipError(UserError):
+    """A clip that this rank could not read during training: only this rank knows of it."""
+
+
+class _ErrorsAsValues(Dataset):
+    """A UserError in a loader worker comes back as a value: DataLoader would re-raise it with the
+    worker's traceback as its message, and without its fix."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return self.dataset[index]
+        except UserError as error:
+            return {"clip_error": (error.problem, error.fix)}
+
+
+def _collate(samples: list[dict]) -> dict:
+    failed = next((sample["clip_error"] for sample in samples if "clip_error" in sample), None)
+    return {"clip_error": failed} if failed else default_collate(samples)
+
+
+def _next_clip_batch(batches) -> dict:
+    batch = next(batches)
+    if "clip_error" in batch:
+        raise ClipError(*batch["clip_error"])
+    return batch
+
+
 def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     """Data loader workers ignore SIGTERM/SIGINT: a launcher or Slurm signals the whole process group,
     and a worker killed mid-step would turn a clean stop-and-save into a crash."""
@@ -86,8 +119,9 @@ class Trainer:
             batch_size=self.batch_size,
         )
         self.loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=config.dataloader_train.num_workers,
-            pin_memory=config.dataloader_train.pin_memory, worker_init_fn=_leave_stop_signals_to_the_trainer,
+            _ErrorsAsValues(self.dataset), batch_size=self.batch_size, sampler=self.sampler, collate_fn=_collate,
+            num_workers=config.dataloader_train.num_workers, pin_memory=config.dataloader_train.pin_memory,
+            worker_init_fn=_leave_stop_signals_to_the_trainer,
         )
 
         # validation prompts: through T5 once on rank 0, before the DiT loads (T5 is freed at once)
@@ -208,7 +242,7 @@ class Trainer:
         self._batches = iter(self.loader)
 
     def _next_batch(self) -> dict:
-        batch = next(self._batches)
+        batch = _next_clip_batch(self._batches)
         self.batch_in_epoch += 1
         if self.batch_in_epoch == self.sampler.batches_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0

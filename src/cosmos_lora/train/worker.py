@@ -19,13 +19,15 @@ def main(config_path: str) -> int:
     dist_info = init_distributed()
     trainer = None
     try:
-        from cosmos_lora.train.trainer import Trainer
+        from cosmos_lora.train.trainer import ClipError, Trainer
 
         trainer = Trainer(config, dist_info)
         outcome = trainer.train()
         return 0 if outcome == "finished" else EXIT_INTERRUPTED
-    except UserError as error:  # the launcher repeats it from the status as the run's one-line outcome
+    except UserError as error:  # rank 0's: the launcher repeats it from the status as the run's one-line outcome
         write_status(config.job.run_dir, "failed", trainer.step if trainer else 0, dist_info, message=str(error))
+        if isinstance(error, ClipError) and not dist_info.is_main:  # only this rank knows it
+            print(f"Error (rank {dist_info.rank}): {error}", file=sys.stderr)
         return 1
     except BaseException:
         write_status(config.job.run_dir, "failed", trainer.step if trainer else 0, dist_info)
