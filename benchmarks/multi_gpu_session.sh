@@ -5,8 +5,9 @@
 #   1. the fake 7B world (benchmarks/fake_world_7b.py)
 #   2. side by side: posttrain on 1 GPU (the DDP baseline) | dit_speed's training-step profile
 #   3. posttrain on all N GPUs, --grad-accum 2, a save, SIGTERM, --resume to the end
-#   4. side by side, the same load per GPU (one prompt, --stages both, 35 steps):
-#      infer on N-1 GPUs with N-1 prompts | infer on 1 GPU with 1 prompt
+#   4. the same load per GPU (one prompt, --stages both, 35 steps): side by side, infer on N-1 GPUs
+#      with N-1 prompts | infer on 1 GPU with 1 prompt; with INFER_ON_ALL=1, infer on 1 GPU, then
+#      on all N with N prompts (the users' command; one more video time of device time)
 #
 # Running the 1-GPU baselines beside the N-GPU work keeps both under the same host load and costs no
 # extra device time. nvidia-smi's memory use per GPU is sampled every 5 s into gpu_memory.csv.
@@ -51,6 +52,12 @@ posttrain_phases() {
 }
 
 infer_phases() {
+  if [ "${INFER_ON_ALL:-0}" = 1 ]; then
+    phase "infer on 1 GPU, then on $n GPUs"
+    visible 0 bench --phase infer-1 --out "$results/infer_1.json" > "$results/infer_1.log" 2>&1
+    bench --phase infer-n --nproc "$n" --out "$results/infer_n.json" > "$results/infer_n.log" 2>&1
+    return
+  fi
   phase "infer on $((n - 1)) GPUs | infer on 1 GPU"
   local pids=()
   visible "$(seq -s, 0 $((n - 2)))" bench --phase infer-n --nproc $((n - 1)) --out "$results/infer_n.json" \
