@@ -340,10 +340,8 @@ class Trainer:
     def _fail_on_nonfinite(self, value: float) -> None:
         latest = read_latest(self.run_dir)
         last_good = f"step {latest['step']} ({self.run_dir / latest['state']})" if latest else "none (nothing saved yet)"
-        problem = f"The loss became {value} at step {self.step}; training stopped. Last good checkpoint: {last_good}."
-        write_status(self.run_dir, "failed", self.step, self.dist, message=problem)
-        raise UserError(
-            problem,
+        raise UserError(  # the worker records it in status.json as the run's outcome
+            f"The loss became {value} at step {self.step}; training stopped. Last good checkpoint: {last_good}.",
             "lower optimizer.lr or model.lora.scale and start a new run with --name NEW; the adapters saved so far "
             "stay usable.",
         )
