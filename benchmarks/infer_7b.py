@@ -4,7 +4,7 @@ Builds the fake 7B world (`fake_world_7b.py`), runs the real CLI end to end (T5 
 sampling, tokenizer stand-in decode, mp4 writing) and reports the video's sidecar timings: total
 seconds, sampling seconds per CFG step (one batch-2 forward), decode seconds, peak GPU memory.
 
-    python benchmarks/infer_7b.py --root /tmp/world --out result.json
+    python benchmarks/infer_7b.py --root /tmp/world --out result.json [--fp8]
 """
 
 import argparse
@@ -24,16 +24,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=35)
+    parser.add_argument("--fp8", action="store_true", help="infer --fp8: FP8 matmuls for the DiT's linears")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    name = "bench_fp8" if args.fp8 else "bench"
     subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world_7b.py")), "--root", str(args.root), "--clips", "1"],
                    check=True)
     env = os.environ | {"COSMOS_LORA_CHECKPOINTS": str(args.root / "checkpoints"), "COSMOS_LORA_OUTPUTS": str(args.root / "outputs")}
-    command = ["cosmos-lora", "infer", "--prompt", PROMPT, "--stages", "original", "--steps", str(args.steps), "--name", "bench"]
+    command = ["cosmos-lora", "infer", "--prompt", PROMPT, "--stages", "original", "--steps", str(args.steps), "--name", name]
+    command += ["--fp8"] if args.fp8 else []
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "cosmos_lora", *command[1:]], env=env, check=True)
     wall = time.perf_counter() - started
-    sidecar = next((args.root / "outputs" / "infer" / "bench" / "original").glob("*/seed_0.json"))
+    sidecar = next((args.root / "outputs" / "infer" / name / "original").glob("*/seed_0.json"))
     meta = json.loads(sidecar.read_text())
     report = {
         "gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,

@@ -36,6 +36,7 @@ config = lazy_dict(
         recompute_attention=False,  # False: recomputed blocks keep their self-attention output (faster, +0.46 GB/block)
         attention_backend="cudnn",  # cudnn: fused cuDNN attention on GPUs (fastest on Hopper); default: torch's choice
         compile=True,  # regional torch.compile of the DiT blocks on GPUs (fuses the element-wise work)
+        fp8=False,  # FP8 matmuls for the frozen attention/MLP linears (Hopper/Ada GPUs; changes numerics slightly)
         latent_cache=True,  # train on <dataset>/latents/<key>/ when `cosmos-lora embed --latents` made it
         lora=dict(rank=8, scale=1.0, first_blocks=None, extra_targets=[]),
     ),

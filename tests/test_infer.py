@@ -175,6 +175,22 @@ def test_offload_moves_models_between_phases_without_changing_the_videos(cli_env
         assert np.array_equal(resident, offloaded)
 
 
+def test_fp8_videos_stay_close_to_the_plain_ones_and_the_plan_records_fp8(cli_env, run_dir):
+    for name, extra in (("plain", ()), ("fp8", ("--fp8",))):
+        assert_ok(infer("--run", RUN, "-p", "a red square", "--name", name, *FAST, *extra))
+    out = cli_env.outputs / "infer"
+    video = {(name, stage): frames_of(out / name / stage / "a-red-square" / "seed_0.mp4")
+             for name in ("plain", "fp8") for stage in ("original", "lora")}
+    lora_effect = np.abs(video["plain", "original"] - video["plain", "lora"]).mean()
+    for stage in ("original", "lora"):
+        fp8_effect = np.abs(video["plain", stage] - video["fp8", stage]).mean()
+        assert 0 < fp8_effect < lora_effect / 4  # FP8 rounding, not another video
+    assert np.abs(video["fp8", "original"] - video["fp8", "lora"]).mean() > lora_effect / 2  # the LoRA still acts
+    assert json.loads((out / "fp8" / "plan.json").read_text())["settings"]["fp8"] is True
+    # a folder of FP8 videos is not topped up with plain ones
+    assert_user_error(infer("--run", RUN, "-p", "a red square", "--name", "fp8", *FAST), "fp8 True -> False", "--overwrite")
+
+
 def test_no_ema_and_step_pick_the_raw_adapter_of_that_step(cli_env, run_dir):
     assert_ok(infer("--run", RUN, "--step", str(STEP), "--no-ema", "--stages", "lora", "-p", "a red square", *FAST))
     meta = json.loads((cli_env.outputs / "infer" / RUN / "lora" / "a-red-square" / "seed_0.json").read_text())

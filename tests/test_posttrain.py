@@ -6,13 +6,14 @@ Runs are made once per module and shared between the tests that read them:
     B  the same with 2 data loader workers, SIGTERM after the first step, then resumed with the command
        the CLI prints (the signal reaches the loader workers too, as from Slurm or a terminal)
     C  the same with a derived name, 5 steps, then `--config <run>/config.yaml --resume -- trainer.max_iter=30`
-    D  --rank 4 --alpha 8 --target k --max-iter 3 --grad-accum 4
+    D  --rank 4 --alpha 8 --target k --max-iter 3 --grad-accum 4, FP8 base linears (model.fp8=true)
 """
 
 import csv
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -167,7 +168,7 @@ def run_c(world) -> Path:
 @pytest.fixture(scope="module")
 def run_d(world) -> Path:
     return world.train(*TRAIN, "--name", "D", "--rank", "4", "--alpha", "8", "--target", "k",
-                       "--max-iter", "3", "--grad-accum", "4", *EVERY_STEP)
+                       "--max-iter", "3", "--grad-accum", "4", *EVERY_STEP, "model.fp8=true")
 
 
 # -- 1. the run finishes and the loss goes down ----------------------------------------------------
@@ -320,6 +321,15 @@ def test_max_iter_counts_optimizer_steps_with_grad_accumulation(run_d):
     # 8 clips over 2 ranks at batch 1 = 4 micro-batches per epoch and rank; 3 steps x 4 = 12 of them
     assert state["epoch"] * 4 + state["batch_in_epoch"] == 12
     assert sorted(p.name for p in (run_d / "adapters").iterdir()) == ["step_000003.ema.safetensors", "step_000003.safetensors"]
+
+
+@pytest.mark.slow
+def test_fp8_training_runs_over_ddp_and_moves_the_lora(run_d):
+    assert read_json(run_d / "status.json")["state"] == "finished"
+    assert "fp8: true" in (run_d / "config.yaml").read_text()
+    assert all(math.isfinite(float(row["loss"])) for row in metrics(run_d))
+    raw, _ = adapters(run_d, 3)
+    assert all(raw[k].abs().max() > 0 for k in raw if ".lora_B." in k)  # up-matrices start at zero
 
 
 # -- 6, 7. SIGTERM leaves a resumable state; a resume is exact -----------------------------------------

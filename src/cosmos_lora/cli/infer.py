@@ -34,6 +34,7 @@ def infer(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that exist already."),
     attention: str = typer.Option("cudnn", help="cudnn (fused cuDNN attention on GPUs, fastest on Hopper) or default."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the DiT blocks on GPUs (faster steps)."),
+    fp8: bool = typer.Option(False, "--fp8", help="FP8 matmuls for the DiT's attention/MLP (Hopper/Ada GPUs; faster, slightly different videos)."),
     offload: bool = typer.Option(False, "--offload", help="Small GPUs: only the current phase's model on the GPU."),
 ) -> None:
     """Generate every prompt x seed with the base model and/or the LoRA, models loaded once.
@@ -67,7 +68,7 @@ def infer(
         dit=roots.checkpoints / m.dit, tokenizer=roots.checkpoints / m.tokenizer, text_encoder=roots.checkpoints / m.text_encoder,
         pixel_chunk_duration=m.pixel_chunk_duration, stages=stages, steps=steps, guidance=guidance, fps=fps,
         height=height, width=width, frames=frames or m.num_frames, precision=m.precision, overwrite=overwrite,
-        attention_backend=attention, compile=compile, offload=offload,
+        attention_backend=attention, compile=compile, fp8=fp8, offload=offload,
         adapter_file=adapter.source if adapter else None, lora_scale=lora_scale,
     )
     check_settings(settings)

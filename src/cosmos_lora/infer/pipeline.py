@@ -24,6 +24,7 @@ from cosmos_lora.infer.html import write_index
 from cosmos_lora.infer.prompts import STAGES, Job
 from cosmos_lora.model.checkpoint import load_official_dit, read_official_checkpoint, split_official_state, unwrap_container
 from cosmos_lora.model.dit import configure_blocks, size_from_state_dict
+from cosmos_lora.model.fp8 import check_fp8_device, use_fp8_linears
 from cosmos_lora.model.edm import SIGMA_DATA
 from cosmos_lora.model.lora import LoraSpec, add_lora, load_lora_state
 from cosmos_lora.model.sampler import sample_latents
@@ -57,6 +58,7 @@ class InferSettings:
     lora_scale: float = 1.0  # multiplies the adapter's trained scale
     attention_backend: str = "cudnn"  # cudnn: fused cuDNN attention on GPUs; default: torch's choice
     compile: bool = True  # regional torch.compile of the DiT blocks on GPUs (see benchmarks/RESULTS.md)
+    fp8: bool = False  # FP8 matmuls for the frozen attention/MLP linears (model/fp8.py)
     offload: bool = False  # keep only the model of the current phase on the GPU (sampling: DiT, decoding: tokenizer)
     extra_meta: dict = field(default_factory=dict)
 
@@ -156,6 +158,9 @@ class Text2WorldGenerator:
         if settings.adapter_file is not None and "lora" in STAGES[settings.stages]:
             self.adapter = from_file(settings.adapter_file, settings.official_lora_scale)
             self._attach(self.adapter)
+        if settings.fp8:
+            check_fp8_device(device)
+            use_fp8_linears(self.net)  # after the LoRA: it wraps the FP8 base like the bf16 one
         home = "cpu" if settings.offload else device
         self.tokenizer = VideoTokenizer(settings.tokenizer, home, self.dtype, settings.pixel_chunk_duration)
 
