@@ -73,6 +73,13 @@ def test_only_the_frozen_attention_and_mlp_linears_of_the_blocks_become_fp8():
     assert net.transformer_blocks[0].ff.net[2].weight_bits.dtype == torch.uint8
 
 
+def test_a_network_without_lora_gets_the_same_swap():
+    torch.manual_seed(0)
+    net = build_dit("tiny")  # as infer --stages original loads it: nothing frozen, no LoRA
+    assert use_fp8_linears(net) == 20
+    assert not any(isinstance(m, nn.Linear) for name, m in net.named_modules() if ".attn1." in name)
+
+
 def test_output_and_lora_gradients_stay_close_to_the_plain_network():
     plain = tiny_net_with_lora()
     fp8 = copy.deepcopy(plain)

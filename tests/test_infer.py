@@ -187,6 +187,10 @@ def test_fp8_videos_stay_close_to_the_plain_ones_and_the_plan_records_fp8(cli_en
         assert 0 < fp8_effect < lora_effect / 4  # FP8 rounding, not another video
     assert np.abs(video["fp8", "original"] - video["fp8", "lora"]).mean() > lora_effect / 2  # the LoRA still acts
     assert json.loads((out / "fp8" / "plan.json").read_text())["settings"]["fp8"] is True
+    # without an adapter too (nothing frozen by LoRA then)
+    assert_ok(infer("--model", "tiny", "-p", "a red square", "--stages", "original", "--name", "base_fp8", "--fp8", *FAST))
+    base = frames_of(out / "base_fp8" / "original" / "a-red-square" / "seed_0.mp4")
+    assert 0 < np.abs(base - video["plain", "original"]).mean() < lora_effect / 4
     # a folder of FP8 videos is not topped up with plain ones
     assert_user_error(infer("--run", RUN, "-p", "a red square", "--name", "fp8", *FAST), "fp8 True -> False", "--overwrite")
 

@@ -88,13 +88,13 @@ def _fits_fp8(linear: nn.Linear) -> bool:
 
 
 def use_fp8_linears(net: nn.Module) -> int:
-    """Swaps the frozen base linears of the blocks' attention and MLP for `Float8Linear` (in place,
-    after LoRA is attached: peft's layers keep wrapping them); returns how many were swapped."""
+    """Swaps the base linears of the blocks' attention and MLP for `Float8Linear`, frozen from then on
+    (in place, after LoRA is attached: peft's layers keep wrapping them); returns how many."""
     swapped = 0
     for name, module in list(net.named_modules()):
         for child_name, child in list(module.named_children()):
             path = f"{name}.{child_name}"
-            if not isinstance(child, nn.Linear) or child.weight.requires_grad or "lora_" in path:
+            if not isinstance(child, nn.Linear) or "lora_" in path:
                 continue
             if any(part in f".{path}." for part in _BLOCK_PARTS) and _fits_fp8(child):
                 setattr(module, child_name, Float8Linear(child))
