@@ -148,7 +148,9 @@ class Trainer:
         )
         self.params = lora_parameters(self.net)
         self.model = (
-            DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # buffers (the FP8 weights) are the same constants on every rank: no broadcast before each forward
+            DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                    broadcast_buffers=False)
             if dist_info.enabled else self.net
         )
 
