@@ -7,11 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from cosmos_lora.distributed import Distributed
 from cosmos_lora.errors import UserError
 from cosmos_lora.model.dit import build_dit
 from cosmos_lora.model.edm import LogVarHead, training_loss
 from cosmos_lora.model.fp8 import Float8Linear, check_fp8_device, use_fp8_linears
 from cosmos_lora.model.lora import add_lora, lora_parameters, spec_for
+from cosmos_lora.train.launch import Launch, build_experiment, prepare_run_dir
+from cosmos_lora.train.trainer import Trainer
 
 
 def relative_difference(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -106,3 +109,15 @@ def test_gpus_without_fp8_tensor_cores_are_refused_with_the_fix(monkeypatch):
         check_fp8_device(torch.device("cuda", 0))
     assert "A100" in raised.value.problem and "8.9" in raised.value.problem and "--fp8" in raised.value.fix
     check_fp8_device(torch.device("cpu"))  # CPUs emulate FP8 (the tests)
+
+
+def test_the_trainer_runs_fp8_when_the_config_says_so(cli_env):
+    config = build_experiment("tiny_lora", cli_env, "demo/shapes", {}, ["model.fp8=true"], "fp8", Launch(1))
+    prepare_run_dir(config, resume=False)
+    trainer = Trainer(config, Distributed(0, 0, 1, torch.device("cpu")))
+    assert sum(isinstance(m, Float8Linear) for m in trainer.net.modules()) == 20
+    before = {k: v.detach().clone() for k, v in trainer.params.items()}
+    trainer._start_data()
+    trainer.train_step()
+    trainer.close()
+    assert any(not torch.equal(p, before[k]) for k, p in trainer.params.items())

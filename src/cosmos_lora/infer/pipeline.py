@@ -24,8 +24,8 @@ from cosmos_lora.infer.html import write_index
 from cosmos_lora.infer.prompts import STAGES, Job
 from cosmos_lora.model.checkpoint import load_official_dit, read_official_checkpoint, split_official_state, unwrap_container
 from cosmos_lora.model.dit import configure_blocks, size_from_state_dict
-from cosmos_lora.model.fp8 import check_fp8_device, use_fp8_linears
 from cosmos_lora.model.edm import SIGMA_DATA
+from cosmos_lora.model.fp8 import check_fp8_device, use_fp8_linears
 from cosmos_lora.model.lora import LoraSpec, add_lora, load_lora_state
 from cosmos_lora.model.sampler import sample_latents
 from cosmos_lora.model.text_encoder import T5TextEncoder

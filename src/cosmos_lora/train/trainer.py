@@ -21,8 +21,8 @@ from cosmos_lora.config import LazyDict, instantiate
 from cosmos_lora.errors import UserError
 from cosmos_lora.model.checkpoint import load_official_dit
 from cosmos_lora.model.dit import configure_blocks
-from cosmos_lora.model.fp8 import check_fp8_device, use_fp8_linears
 from cosmos_lora.model.edm import SIGMA_DATA, sample_training_sigma, training_loss
+from cosmos_lora.model.fp8 import check_fp8_device, use_fp8_linears
 from cosmos_lora.model.lora import add_lora, adapter_summary, lora_parameters, lora_state_dict, spec_for
 from cosmos_lora.model.tokenizer import VideoTokenizer
 from cosmos_lora.train.checkpointer import Checkpointer, base_fingerprint, read_latest
