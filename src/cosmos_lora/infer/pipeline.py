@@ -25,7 +25,7 @@ from cosmos_lora.infer.prompts import STAGES, Job
 from cosmos_lora.model.checkpoint import load_official_dit, read_official_checkpoint, split_official_state, unwrap_container
 from cosmos_lora.model.dit import configure_blocks, size_from_state_dict
 from cosmos_lora.model.edm import SIGMA_DATA
-from cosmos_lora.model.fp8 import check_fp8_device, use_fp8_linears
+from cosmos_lora.model.fp8 import use_fp8_linears
 from cosmos_lora.model.lora import LoraSpec, add_lora, load_lora_state
 from cosmos_lora.model.sampler import sample_latents
 from cosmos_lora.model.text_encoder import T5TextEncoder
@@ -159,7 +159,6 @@ class Text2WorldGenerator:
             self.adapter = from_file(settings.adapter_file, settings.official_lora_scale)
             self._attach(self.adapter)
         if settings.fp8:
-            check_fp8_device(device)
             use_fp8_linears(self.net)  # after the LoRA: it wraps the FP8 base like the bf16 one
         home = "cpu" if settings.offload else device
         self.tokenizer = VideoTokenizer(settings.tokenizer, home, self.dtype, settings.pixel_chunk_duration)

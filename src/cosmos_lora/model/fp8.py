@@ -90,6 +90,7 @@ def _fits_fp8(linear: nn.Linear) -> bool:
 def use_fp8_linears(net: nn.Module) -> int:
     """Swaps the base linears of the blocks' attention and MLP for `Float8Linear`, frozen from then on
     (in place, after LoRA is attached: peft's layers keep wrapping them); returns how many."""
+    check_fp8_device(next(net.parameters()).device)
     swapped = 0
     for name, module in list(net.named_modules()):
         for child_name, child in list(module.named_children()):

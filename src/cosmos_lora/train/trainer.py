@@ -22,7 +22,7 @@ from cosmos_lora.errors import UserError
 from cosmos_lora.model.checkpoint import load_official_dit
 from cosmos_lora.model.dit import configure_blocks
 from cosmos_lora.model.edm import SIGMA_DATA, sample_training_sigma, training_loss
-from cosmos_lora.model.fp8 import check_fp8_device, use_fp8_linears
+from cosmos_lora.model.fp8 import use_fp8_linears
 from cosmos_lora.model.lora import add_lora, adapter_summary, lora_parameters, lora_state_dict, spec_for
 from cosmos_lora.model.tokenizer import VideoTokenizer
 from cosmos_lora.train.checkpointer import Checkpointer, base_fingerprint, read_latest
@@ -139,7 +139,6 @@ class Trainer:
         self.spec = spec_for(len(self.net.transformer_blocks), lora.rank, lora.scale, lora.first_blocks, tuple(lora.extra_targets))
         add_lora(self.net, self.spec, seed=seed)
         if config.model.fp8:
-            check_fp8_device(self.device)
             use_fp8_linears(self.net)
         self.recomputed_blocks = configure_blocks(
             self.net, config.model.activation_checkpointing, keep_self_attention=not config.model.recompute_attention,
