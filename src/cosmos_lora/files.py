@@ -1,0 +1,66 @@
+"""Publishing files: a reader sees either the old file or the whole new one, never a part.
+
+Every file the toolkit publishes (configs, adapters, states, videos, sidecars, indexes, status
+notes) goes through `publishing` or `atomic_write`: the content is written to a hidden temporary
+sibling, flushed to disk, and renamed onto the target. On any failure, Ctrl-C and SIGTERM
+included (they arrive as exceptions), the temporary file is removed. Files are created with the
+process umask, like any other file the user makes (a colleague or a ComfyUI service can read them
+when the umask lets them).
+"""
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+TMP_MARK = ".tmp"
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A hidden sibling of `path`, private to this process: `.<name>.tmp<pid>`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def _fsync(path: Path) -> None:
+    if path.is_file():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def remove_quietly(path: Path) -> None:
+    """Removes a file or folder if it is there; never raises for a missing one."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def publishing(path: Path, make_parent: bool = True) -> Iterator[Path]:
+    """Yields a temporary path to write `path`'s content to; renames it onto `path` when the block
+    ends normally, removes it when the block raises (anything, KeyboardInterrupt included)."""
+    path = Path(path)
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+def atomic_write(path: Path, data: str | bytes, encoding: str = "utf-8") -> Path:
+    """Writes `data` (text or bytes) to `path` atomically; returns `path`."""
+    with publishing(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding=encoding)
+    return Path(path)
