@@ -26,6 +26,11 @@ class Roots:
             outputs=Path(outputs or os.environ.get("COSMOS_LORA_OUTPUTS", "outputs")),
         )
 
+    @property
+    def runs(self) -> Path:
+        """Where training runs go: one `run_folder.RunFolder` each."""
+        return self.outputs / "runs"
+
     def dataset(self, name: str) -> Path:
         return self.datasets / check_dataset_name(name)
 

@@ -70,9 +70,10 @@ def run_plan(plan_path: Path, dist_info: Distributed) -> tuple[list[Path], Path 
     return written, index
 
 
-def main(plan_path: str) -> int:
-    return run_worker(lambda dist_info: run_plan(Path(plan_path), dist_info))
+def main(argv: list[str]) -> int:
+    """A worker's life: `argv` = [plan.json]; see `distributed.run_worker` for the exit codes."""
+    return run_worker(lambda dist_info: run_plan(Path(argv[0]), dist_info))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))
