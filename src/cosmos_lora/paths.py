@@ -47,7 +47,3 @@ def check_dataset_name(name: str) -> str:
         )
     return "/".join(parts)
 
-
-def atomic_path(path: Path) -> Path:
-    """A temporary sibling of `path` to write to and then `os.replace` onto it."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")

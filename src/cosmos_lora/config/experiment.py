@@ -15,7 +15,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from cosmos_lora.config.lazy import LazyDict
 from cosmos_lora.errors import UserError
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import publishing
 
 PACKAGED_PRESETS = Path(__file__).resolve().parents[1] / "presets"
 
@@ -79,13 +79,10 @@ def resolved(config: LazyDict) -> LazyDict:
 
 def save_config(config: LazyDict, path: Path) -> None:
     """Atomic YAML write, read back once to prove it round-trips."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    tmp.write_text(OmegaConf.to_yaml(config))
-    if OmegaConf.load(tmp) != config:
-        tmp.unlink()
-        raise RuntimeError(f"config did not round-trip through YAML: {path}")
-    tmp.replace(path)
+    with publishing(Path(path)) as tmp:
+        tmp.write_text(OmegaConf.to_yaml(config))
+        if OmegaConf.load(tmp) != config:
+            raise RuntimeError(f"config did not round-trip through YAML: {path}")
 
 
 def to_yaml(config: LazyDict) -> str:

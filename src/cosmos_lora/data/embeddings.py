@@ -10,7 +10,6 @@ before it is called.
 """
 
 import io
-import os
 import pickle
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from cosmos_lora.errors import UserError
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import publishing
 
 # Protocol 4 is what the official scripts get from `pickle.dump` on Python >= 3.8: arrays pickle
 # through `_reconstruct` rather than protocol 5's out-of-band buffers.
@@ -77,15 +76,8 @@ def write_t5_embedding(path: Path, emb: np.ndarray) -> None:
     emb = np.asarray(emb)
     if emb.ndim != 2:
         raise ValueError(f"A T5 embedding is [n_tokens, D], got shape {emb.shape}.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            pickle.dump([np.ascontiguousarray(emb.astype(np.float16))], f, protocol=PICKLE_PROTOCOL)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with publishing(Path(path)) as tmp, open(tmp, "wb") as f:
+        pickle.dump([np.ascontiguousarray(emb.astype(np.float16))], f, protocol=PICKLE_PROTOCOL)
 
 
 def read_t5_embedding(path: Path) -> np.ndarray:

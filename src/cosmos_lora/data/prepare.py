@@ -29,7 +29,7 @@ from cosmos_lora.data.sources import SOURCE_SUFFIXES, SourceVideo, TimedCaption,
 from cosmos_lora.data.sources import relative as _relative
 from cosmos_lora.data.video import VideoWriter, count_frames, iter_video_frames, probe_video, resize_cover_crop
 from cosmos_lora.errors import UserError
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import atomic_write
 from cosmos_lora.progress import progress_bar
 
 TOO_SHORT = "too short"  # the start of every failed.csv reason counted as a short video, not a failure
@@ -293,10 +293,7 @@ def _clip_is_complete(path: Path, clip_frames: int, height: int, width: int) -> 
 def _write_text(path: Path, text: str) -> None:
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 # ---------------------------------------------------------------- plumbing

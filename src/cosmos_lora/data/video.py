@@ -6,7 +6,6 @@ sibling that is renamed into place only once ffmpeg has finished, so a crash nev
 truncated clip behind.
 """
 
-import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from cosmos_lora.errors import UserError
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import publish, remove_quietly, temporary_sibling
 
 # x264 constant rate factor per quality name: lower is closer to the input and larger on disk.
 # "high" keeps a decode -> encode -> decode round trip within a few grey levels.
@@ -112,7 +111,7 @@ class VideoWriter:
         self.shape = (height, width, 3)
         self.frames_written = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = atomic_path(self.path)
+        self._tmp = temporary_sibling(self.path)
         self._encoder = imageio_ffmpeg.write_frames(
             str(self._tmp),
             (width, height),
@@ -140,13 +139,13 @@ class VideoWriter:
         if self.frames_written == 0:
             raise ValueError(f"{self.path}: refusing to write a video with no frames.")
         self._encoder.close()  # waits for ffmpeg to finish the file
-        os.replace(self._tmp, self.path)
+        publish(self._tmp, self.path)
 
     def abort(self) -> None:
         try:
             self._encoder.close()
         finally:
-            self._tmp.unlink(missing_ok=True)
+            remove_quietly(self._tmp)
 
     def __enter__(self) -> "VideoWriter":
         return self

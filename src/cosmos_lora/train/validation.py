@@ -32,7 +32,7 @@ from cosmos_lora.infer.prompts import DEFAULT_NEGATIVE_PROMPT, Job, Prompt, read
 from cosmos_lora.model.edm import SIGMA_DATA
 from cosmos_lora.model.sampler import sample_latents
 from cosmos_lora.model.tokenizer import LATENT_CHANNELS, VideoTokenizer, latent_frames, video_to_uint8
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import atomic_write
 from cosmos_lora.run_folder import RunFolder, step_name
 
 # How long the other ranks wait for rank 0 (loading T5, sampling). They wait on a gloo group of
@@ -144,6 +144,4 @@ def _swapped_in(params: dict[str, torch.nn.Parameter], weights: dict[str, torch.
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = atomic_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, text)
