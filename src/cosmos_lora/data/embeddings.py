@@ -11,7 +11,7 @@ before it is called.
 Beside each pickle `cosmos-lora embed` records what it was made from, `t5_xxl/<clip>.json`:
 
     caption_sha256    SHA-256 of the caption text as it was encoded (UTF-8, stripped)
-    text_encoder      `text_encoder_fingerprint` of the T5 folder (its files' names and sizes)
+    text_encoder      `text_encoder_fingerprint` of the T5 folder (its files' names, sizes, samples)
     embedding_sha256  SHA-256 of the pickle's bytes, so the record describes this very file
 
 The pickle stays in the official format; the official scripts ignore the record. An embedding
@@ -160,6 +160,7 @@ _TEXT_ENCODER_FILES = re.compile(
     r"config\.json|(model.*\.safetensors|pytorch_model.*\.bin)(\.index\.json)?"
     r"|spiece\.model|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json"
 )
+_SAMPLE = 1 << 20  # bytes hashed at each of three places in a text encoder file
 
 
 @dataclass(frozen=True)
@@ -185,14 +186,25 @@ def caption_sha256(caption: str) -> str:
 
 
 def text_encoder_fingerprint(folder: Path) -> str | None:
-    """16 hex digits naming a T5 folder by the names and sizes of the files it is loaded from (not
-    its path, so a moved folder is the same encoder); None when the folder has no config.json."""
+    """16 hex digits naming the T5 in `folder`, None when it has no config.json.
+
+    Hashes the names and sizes of the files `T5TextEncoder` loads, the small ones (config,
+    tokenizer) whole and 1 MiB at the start, middle and end of each weight file: another model,
+    or other weights of the same shape, differ; a moved or copied folder does not. Reading all of
+    T5-11B's 45 GB on every `embed` run would cost more than the embeddings it saves.
+    """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         return None
-    files = sorted(p for p in folder.iterdir() if p.is_file() and _TEXT_ENCODER_FILES.fullmatch(p.name))
-    listing = "\n".join(f"{p.name}\t{p.stat().st_size}" for p in files)
-    return hashlib.sha256(listing.encode("utf-8")).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and _TEXT_ENCODER_FILES.fullmatch(p.name)):
+        size = path.stat().st_size
+        digest.update(f"{path.name}\t{size}\n".encode())
+        with open(path, "rb") as f:
+            for offset in sorted({0, max(0, size // 2 - _SAMPLE // 2), max(0, size - _SAMPLE)}):
+                f.seek(offset)
+                digest.update(f.read(_SAMPLE))
+    return digest.hexdigest()[:16]
 
 
 def record_path(embedding: Path) -> Path:
