@@ -4,6 +4,7 @@
 <root>/videos/<clip>.mp4      one training clip
 <root>/metas/<clip>.txt       its caption
 <root>/t5_xxl/<clip>.pickle   its T5 embedding (written by `cosmos-lora embed`)
+<root>/t5_xxl/<clip>.json     what that embedding was made from (see `data.embeddings`)
 <root>/index.csv              where each clip came from (written by `prepare`)
 <root>/failed.csv             sources `prepare` skipped, with the reason
 ```
