@@ -4,7 +4,7 @@ checkpoints present, a trainable size, the dataset valid, the validation samples
 from pathlib import Path
 
 from cosmos_lora.config import LazyDict
-from cosmos_lora.data.dataset import require_valid_dataset
+from cosmos_lora.data.dataset import dit_text_width, require_valid_dataset
 from cosmos_lora.errors import UserError
 from cosmos_lora.model.tokenizer import TOKENIZER_FILES
 
@@ -30,7 +30,7 @@ def check_inputs(config: LazyDict) -> None:
     latents = config.dataloader_train.dataset.latents_dir
     require_valid_dataset(
         Path(config.dataloader_train.dataset.root), config.model.num_frames, height, width, config.job.dataset,
-        latents_dir=Path(latents) if latents else None,
+        latents_dir=Path(latents) if latents else None, text_width=dit_text_width(dit),
     )
 
 
