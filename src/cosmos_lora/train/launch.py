@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cosmos_lora.config import LazyDict, apply_overrides, load_preset, resolved, save_config
+from cosmos_lora.config import LazyDict, apply_overrides, check_targets, load_preset, resolved, save_config
 from cosmos_lora.data.dataset import require_valid_dataset
 from cosmos_lora.data.latents import LATENTS_DIR, latent_cache_dir
 from cosmos_lora.data.layout import DatasetLayout
@@ -90,6 +90,7 @@ def build_experiment(
     if config.trainer.epochs:
         config.trainer.max_iter = _steps_for_epochs(config, launch.world_size)
     config = resolved(config)
+    check_targets(config)  # whatever the preset or an override named: refused before the run folder is written
     config.job.run_dir = str(Path(config.job.runs_dir) / (config.job.name or saved_run or _derived_name(config)))
     return config
 
