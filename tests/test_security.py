@@ -103,7 +103,7 @@ def test_a_crafted_state_pickle_runs_no_code_on_resume(world, tmp_path):
     assert "Traceback" not in done.stderr
     lines = error_lines(done)
     assert len(lines) == 1, done.stderr[-3000:]
-    assert "train_state.pt" in lines[0] and "refusing to run code" in lines[0] and "refers to io.open" in lines[0]
+    assert "train_state.pt" in lines[0] and "refers to io.open; refusing to run code" in lines[0]
 
 
 @pytest.mark.parametrize("state_format", ["safetensors", "pickle from before"])
@@ -186,3 +186,18 @@ def test_a_crafted_embedding_pickle_runs_no_code(roots, tmp_path, protocol):
     assert not marker.exists()
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert str(embedding) in done.stderr and "refers to io.open" in done.stderr
+
+
+# -- adapters -----------------------------------------------------------------------------------------
+
+
+def test_a_crafted_official_adapter_checkpoint_runs_no_code(tmp_path):
+    """`infer --lora FILE.pt` / `merge -a FILE.pt`: official checkpoints are pickles; they are read weights-only."""
+    from cosmos_lora.infer.adapters import from_file
+
+    marker, adapter = tmp_path / "pwned", tmp_path / "lora.pt"
+    torch.save({"net.blocks.0.lora": CreatesFile(marker)}, adapter)
+    with pytest.raises(UserError) as info:
+        from_file(adapter)
+    assert not marker.exists()
+    assert "refers to io.open; refusing to run code" in str(info.value) and "\n" not in str(info.value)

@@ -15,15 +15,13 @@ containers and refuses any other global before calling it.
 """
 
 import json
-import pickle
-import re
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cosmos_lora.errors import UserError
+from cosmos_lora.errors import UserError, load_failure
 
 TENSOR, TUPLE, ITEMS = "__tensor__", "__tuple__", "__items__"
 _TAGS = (TENSOR, TUPLE, ITEMS)
@@ -53,30 +51,15 @@ def load_state(folder: Path, name: str) -> dict:
         except Exception as error:  # truncated, foreign or edited files fail in many ways
             raise _unreadable(skeleton_path, error) from None
     legacy = folder / f"{name}.pt"
-    try:
+    try:  # a global outside torch's allow-list is refused before it is called
         return torch.load(legacy, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:  # a global outside torch's allow-list: refused before it ran
-        raise UserError(
-            f"{legacy} is not a state cosmos-lora wrote ({_refused(error)}); refusing to run code from it.",
-            "resume from an intact copy of the run folder, or start a new run with --name NEW.",
-        ) from None
     except Exception as error:
         raise _unreadable(legacy, error) from None
 
 
-def _refused(error: pickle.UnpicklingError) -> str:
-    """What torch's weights-only unpickler refused, without its advice to allow-list it."""
-    found = re.search(r"GLOBAL ([\w.]+)", str(error))
-    return f"it refers to {found.group(1)}" if found else _first_line(error)
-
-
-def _first_line(error: Exception) -> str:
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-
-
 def _unreadable(path: Path, error: Exception) -> UserError:
     return UserError(
-        f"The saved state {path} cannot be read ({type(error).__name__}: {_first_line(error)}).",
+        f"The saved state {path} cannot be read ({load_failure(error)}).",
         "resume from an intact copy of the run folder, or start a new run with --name NEW.",
     )
 
