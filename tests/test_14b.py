@@ -110,7 +110,8 @@ class _SelfAttentionCount(TorchDispatchMode):
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if "scaled_dot_product" in str(func) and args[0].shape[-2] == args[1].shape[-2]:  # q and k of equal length
+        name = str(func)  # attention forwards (recomputation runs them again in backward), q and k of equal length
+        if "scaled_dot_product" in name and "backward" not in name and args[0].shape[-2] == args[1].shape[-2]:
             self.count += 1
         return func(*args, **(kwargs or {}))
 
