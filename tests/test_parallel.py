@@ -1,0 +1,145 @@
+"""One video on several processes (model/parallel.py): Ulysses sequence parallelism and CFG parallelism
+give the latents of one process, on 4 gloo CPU processes; the layout choice and its one-line errors.
+
+Tolerance: the split changes only the order of float32 sums (the attention over H/K heads per process,
+batch-1 instead of batch-2 matmuls for CFG parallelism), about 1e-7 relative per operation. Guidance 7
+multiplies a difference of the two branches by 8 each step, and a few steps add up, so the latents
+(about unit scale) may differ by some 1e-6; 1e-4 is far above that and far below any real mistake (a
+token at the wrong position, a head attending to the wrong tokens: differences of order 1).
+"""
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from cosmos_lora.errors import UserError
+from cosmos_lora.model.dit import DiTSize, build_dit
+from cosmos_lora.model.parallel import SequenceParallel, VideoLayout, cfg_split, check_layout, choose_layout, make_groups, parallelize
+from cosmos_lora.model.sampler import sample_latents
+
+# 4 heads so that 4 processes can split them; tokens 3x4x4 = 48: shards of 12 cross frame boundaries
+FOUR_HEADS = DiTSize(num_attention_heads=4, attention_head_dim=16, num_layers=2, text_embed_dim=32, adaln_lora_dim=16,
+                     max_size=(16, 32, 32))
+LATENT = (1, 16, 3, 8, 8)
+TOLERANCE = 1e-4
+LAYOUTS = [VideoLayout(4, 4, False), VideoLayout(4, 4, True), VideoLayout(4, 2, False), VideoLayout(4, 2, True)]
+
+
+def _network() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = build_dit(FOUR_HEADS).eval()
+    with torch.no_grad():
+        for param in net.parameters():  # the position embeddings and the zero-initialised layers too
+            param.normal_(0, 0.3)
+    return net
+
+
+def _inputs() -> tuple[torch.Tensor, dict, dict]:
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(LATENT, generator=generator)
+    cond = {"crossattn_emb": torch.randn(1, 8, 32, generator=generator), "fps": 24.0}
+    uncond = {**cond, "crossattn_emb": torch.randn(1, 8, 32, generator=generator)}
+    return noise, cond, uncond
+
+
+def _worker(rank: int, world: int, init_file: str, results) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        net, (noise, cond, uncond) = _network(), _inputs()
+        out = {}
+        for layout in LAYOUTS:  # every process creates every layout's groups, in the same order
+            groups = make_groups(layout, rank)
+            split = parallelize(net, groups)
+            out[layout] = sample_latents(net, noise, cond, uncond, steps=3, guidance=7.0, cfg=cfg_split(groups))
+            if split is not None:
+                split.remove()
+        x = torch.randn(2, *LATENT[1:], generator=torch.Generator().manual_seed(2))  # the layer alone, batch 2, K = 4
+        split = SequenceParallel(net, dist.new_group(list(range(world))))
+        out["forward"] = (x, net(x, torch.tensor([0.1, -0.3]), torch.cat([cond["crossattn_emb"]] * 2)))
+        split.remove()
+        results.put((rank, out))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def four_processes(tmp_path_factory):
+    """Each of 4 processes' latents for every layout in LAYOUTS (one spawn for all of them)."""
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    init_file = str(tmp_path_factory.mktemp("rendezvous") / "init")
+    processes = [context.Process(target=_worker, args=(rank, 4, init_file, results)) for rank in range(4)]
+    for process in processes:
+        process.start()
+    outputs = dict(results.get(timeout=300) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    return outputs
+
+
+def _reference() -> torch.Tensor:
+    net, (noise, cond, uncond) = _network(), _inputs()
+    return sample_latents(net, noise, cond, uncond, steps=3, guidance=7.0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: f"G{layout.per_video}-K{layout.sequence_size}-cfg{int(layout.cfg_parallel)}")
+def test_split_videos_give_the_latents_of_one_process_on_every_process(four_processes, layout):
+    reference = _reference()
+    for rank, out in four_processes.items():
+        assert out[layout].shape == reference.shape
+        difference = (out[layout] - reference).abs().max().item()
+        assert difference < TOLERANCE, (rank, difference)
+        leader = rank - rank % layout.per_video
+        assert torch.equal(out[layout], four_processes[leader][layout])  # the processes of a video agree bit for bit
+
+
+def test_the_layer_alone_returns_the_whole_network_output_on_every_process(four_processes):
+    net = _network()
+    for rank, out in four_processes.items():
+        x, y = out["forward"]
+        cond = _inputs()[1]["crossattn_emb"]
+        with torch.no_grad():
+            expected = net(x, torch.tensor([0.1, -0.3]), torch.cat([cond] * 2))
+        assert y.shape == expected.shape
+        assert (y - expected).abs().max().item() < TOLERANCE * expected.abs().max().item(), rank
+
+
+def test_a_wrong_split_is_visible():
+    """The tolerance is meaningful: one token shard in the wrong place changes the output by order 1."""
+    net, (noise, cond, uncond) = _network(), _inputs()
+    x = noise * 3
+    with torch.no_grad():
+        right = net(x, torch.tensor([0.1]), cond["crossattn_emb"])
+        shuffled = net(x.roll(1, dims=2), torch.tensor([0.1]), cond["crossattn_emb"]).roll(-1, dims=2)
+    assert (right - shuffled).abs().max().item() > 100 * TOLERANCE
+
+
+@pytest.mark.parametrize(("processes", "jobs", "expected"), [
+    (4, 1, 4), (4, 2, 2), (4, 4, 1), (4, 8, 1), (4, 5, 4), (8, 1, 8), (8, 3, 8), (8, 6, 4), (2, 1, 2), (1, 3, 1),
+])
+def test_few_jobs_get_many_processes_each_and_many_jobs_one(processes, jobs, expected):
+    layout = choose_layout(processes, jobs, heads=32, tokens=56320)
+    assert layout.per_video == expected
+    assert layout.cfg_parallel == (expected % 2 == 0)
+
+
+def test_the_choice_skips_splits_the_heads_or_tokens_refuse():
+    assert choose_layout(4, 1, heads=2, tokens=48).per_video == 4  # CFG x 2 token shards: 2 heads suffice
+    assert choose_layout(4, 1, heads=2, tokens=48, cfg_parallel=False).per_video == 2  # K = 4 > 2 heads
+    assert choose_layout(3, 1, heads=32, tokens=56320).per_video == 1  # 3 shards do not divide 32 heads
+
+
+@pytest.mark.parametrize(("layout", "heads", "tokens", "phrase"), [
+    (VideoLayout(2, 4, True), 32, 64, "more than the 2 processes"),
+    (VideoLayout(6, 4, True), 32, 64, "cannot be grouped"),
+    (VideoLayout(3, 3, False), 32, 63, "do not divide the DiT's 32 attention heads"),
+    (VideoLayout(8, 8, True), 2, 64, "do not divide the DiT's 2 attention heads"),
+    (VideoLayout(4, 4, False), 32, 6, "do not divide the video's 6 tokens"),
+])
+def test_layout_errors_are_one_line_with_a_fix(layout, heads, tokens, phrase):
+    with pytest.raises(UserError) as error:
+        check_layout(layout, heads, tokens)
+    assert phrase in error.value.problem and error.value.fix and "\n" not in str(error.value)
