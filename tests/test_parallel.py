@@ -8,6 +8,8 @@ multiplies a difference of the two branches by 8 each step, and a few steps add 
 token at the wrong position, a head attending to the wrong tokens: differences of order 1).
 """
 
+import json
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -118,7 +120,7 @@ def test_a_wrong_split_is_visible():
 
 
 @pytest.mark.parametrize(("processes", "jobs", "expected"), [
-    (4, 1, 4), (4, 2, 2), (4, 4, 1), (4, 8, 1), (4, 5, 4), (8, 1, 8), (8, 3, 8), (8, 6, 4), (2, 1, 2), (1, 3, 1),
+    (4, 1, 4), (4, 2, 2), (4, 3, 2), (4, 4, 1), (4, 5, 1), (8, 1, 8), (8, 3, 4), (8, 6, 2), (2, 1, 2), (2, 3, 1), (1, 3, 1),
 ])
 def test_few_jobs_get_many_processes_each_and_many_jobs_one(processes, jobs, expected):
     layout = choose_layout(processes, jobs, heads=32, tokens=56320)
@@ -143,3 +145,55 @@ def test_layout_errors_are_one_line_with_a_fix(layout, heads, tokens, phrase):
     with pytest.raises(UserError) as error:
         check_layout(layout, heads, tokens)
     assert phrase in error.value.problem and error.value.fix and "\n" not in str(error.value)
+
+
+# -- through the CLI and torchrun --------------------------------------------------------------------
+
+PROMPT = ["--model", "tiny", "--stages", "original", "-p", "a red square moves", "--steps", "3", "--save-latents"]
+
+
+def _infer(*args: str):
+    from typer.testing import CliRunner
+
+    from cosmos_lora.cli.app import app
+
+    return CliRunner().invoke(app, ["infer", *PROMPT, *args])
+
+
+def _latents_and_videos(out):
+    from safetensors.torch import load_file
+
+    (latents,) = out.glob("original/*/seed_0.latents.safetensors")
+    return load_file(latents)["latents"], sorted(p.relative_to(out) for p in out.rglob("*.mp4"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "split"), [
+    (["--nproc", "2", "--gpus-per-video", "2", "--no-cfg-parallel"], "1 video(s) at a time on 2 each (2 token shards)"),
+    (["--nproc", "4"], "1 video(s) at a time on 4 each (CFG branches x 2 token shards)"),
+], ids=["tokens-split-in-2", "cfg-x-2-tokens-on-4"])
+def test_one_video_on_several_processes_matches_one_process_through_the_cli(cli_env, args, split):
+    assert _infer("--nproc", "1", "--name", "one").exit_code == 0
+    result = _infer(*args, "--name", "many")
+    assert result.exit_code == 0, result.output
+    assert split in result.output  # the layout the CLI chose, said before launching
+    one, one_videos = _latents_and_videos(cli_env.outputs / "infer" / "one")
+    many, many_videos = _latents_and_videos(cli_env.outputs / "infer" / "many")
+    assert many_videos == one_videos  # one mp4, written once
+    assert (many - one).abs().max().item() < TOLERANCE
+    (sidecar,) = (cli_env.outputs / "infer" / "many").glob("original/*/seed_0.json")
+    assert json.loads(sidecar.read_text())["parallel"].endswith(split.split(": ", 1)[-1])
+
+
+@pytest.mark.parametrize(("args", "phrase"), [
+    (["--nproc", "2", "--gpus-per-video", "4"], "--gpus-per-video 4 is more than the 2 processes"),
+    (["--nproc", "3", "--gpus-per-video", "2"], "3 processes cannot be grouped into videos of 2"),
+    (["--nproc", "4", "--gpus-per-video", "4", "--no-cfg-parallel"], "do not divide the DiT's 2 attention heads"),
+    (["--nproc", "2", "--gpus-per-video", "0"], "--gpus-per-video 0 is less than 1"),
+])
+def test_a_split_that_cannot_work_is_one_line_before_anything_runs(cli_env, args, phrase):
+    result = _infer(*args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and phrase in result.stderr and "Traceback" not in result.output
+    assert not (cli_env.outputs / "infer").exists()  # nothing written, no process started

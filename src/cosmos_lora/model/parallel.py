@@ -80,10 +80,10 @@ def choose_layout(processes: int, jobs: int, heads: int, tokens: int, per_video:
                   cfg_parallel: bool = True) -> VideoLayout:
     """The layout for `jobs` videos (each (prompt, seed) with its stages) on `processes` processes.
 
-    `per_video` forces G (checked). Otherwise G is the valid divisor of `processes` that finishes soonest
-    under linear scaling, i.e. with the fewest rounds of videos per process
-    (ceil(jobs / (processes / G)) / G); ties go to the smaller G (less communication). So one job gets
-    every process, and a multiple of `processes` jobs gets one process each.
+    `per_video` forces G (checked). Otherwise G is the smallest valid divisor of `processes` that leaves
+    no video group without a video: one job gets every process, `processes` jobs or more get one each.
+    Without a valid G that uses every process (e.g. 3 processes, 1 job: 3 does not divide the heads),
+    the largest valid G.
     """
     def layout(g: int) -> VideoLayout:
         return VideoLayout(processes, g, cfg_parallel and g % 2 == 0)
@@ -92,15 +92,15 @@ def choose_layout(processes: int, jobs: int, heads: int, tokens: int, per_video:
         chosen = layout(per_video)
         check_layout(chosen, heads, tokens)
         return chosen
-    candidates = []
+    valid = []
     for g in range(1, processes + 1):
         try:
             check_layout(layout(g), heads, tokens)
+            valid.append(g)
         except UserError:
             continue
-        rounds = -(-max(jobs, 1) // (processes // g))
-        candidates.append((rounds / g, g))
-    return layout(min(candidates)[1])
+    busy = [g for g in valid if processes // g <= max(jobs, 1)]
+    return layout(busy[0] if busy else valid[-1])
 
 
 # -- the process groups ---------------------------------------------------------------------------
