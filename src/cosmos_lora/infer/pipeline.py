@@ -33,7 +33,6 @@ from cosmos_lora.model.parallel import VideoGroups, cfg_split, parallelize
 from cosmos_lora.model.sampler import sample_latents
 from cosmos_lora.model.text_encoder import T5TextEncoder
 from cosmos_lora.model.tokenizer import TOKENIZER_FILES, VideoTokenizer, latent_frames, video_to_uint8
-from cosmos_lora.paths import atomic_path
 from cosmos_lora.progress import progress_bar
 
 STAGE_LABELS = {"original": "original", "lora": "LoRA"}
@@ -322,9 +321,7 @@ def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarr
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = atomic_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, text)
 
 
 def finish(settings: InferSettings, jobs: list[Job]) -> Path | None:
