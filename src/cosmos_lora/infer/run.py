@@ -16,7 +16,7 @@ from cosmos_lora.errors import UserError
 from cosmos_lora.files import atomic_write
 from cosmos_lora.infer.pipeline import InferSettings, finish, job_done, run_jobs
 from cosmos_lora.infer.prompts import Job, Prompt, plan_jobs, shard
-from cosmos_lora.model.parallel import VideoLayout, make_groups
+from cosmos_lora.model.parallel import make_groups, video_layout
 
 PLAN = "plan.json"
 # settings that do not change what a finished video looks like: a rerun may differ in them
@@ -55,7 +55,7 @@ def run_plan(plan_path: Path, dist_info: Distributed) -> tuple[list[Path], Path 
     """This video group's share of the plan's jobs (a group of `gpus_per_video` processes makes each of
     its videos together); the main process writes `index.html` once all are done."""
     settings, jobs = load_plan(plan_path)
-    layout = VideoLayout(dist_info.world_size, settings.gpus_per_video, settings.cfg_parallel and settings.gpus_per_video % 2 == 0)
+    layout = video_layout(dist_info.world_size, settings.gpus_per_video, settings.cfg_parallel)
     groups = make_groups(layout, dist_info.rank) if dist_info.enabled else None
     video = groups.video if groups else 0
     settings.extra_meta["process"] = f"{dist_info.rank}/{dist_info.world_size}"

@@ -55,6 +55,11 @@ class VideoLayout:
         return f"{self.processes} processes: {self.videos_at_once} video(s) at a time on {self.per_video} each ({split})"
 
 
+def video_layout(processes: int, per_video: int, cfg_parallel: bool = True) -> VideoLayout:
+    """CFG parallelism where it can be: with an even number of processes per video."""
+    return VideoLayout(processes, per_video, cfg_parallel and per_video % 2 == 0)
+
+
 def check_layout(layout: VideoLayout, heads: int, tokens: int) -> None:
     """One line with the fix when the network or the world cannot be split this way."""
     g, n, k = layout.per_video, layout.processes, layout.sequence_size
@@ -86,7 +91,7 @@ def choose_layout(processes: int, jobs: int, heads: int, tokens: int, per_video:
     the largest valid G.
     """
     def layout(g: int) -> VideoLayout:
-        return VideoLayout(processes, g, cfg_parallel and g % 2 == 0)
+        return video_layout(processes, g, cfg_parallel)
 
     if per_video is not None:
         chosen = layout(per_video)
