@@ -59,7 +59,12 @@ def _worker(rank: int, world: int, init_file: str, results) -> None:
                 split.remove()
         x = torch.randn(2, *LATENT[1:], generator=torch.Generator().manual_seed(2))  # the layer alone, batch 2, K = 4
         split = SequenceParallel(net, dist.new_group(list(range(world))))
-        out["forward"] = (x, net(x, torch.tensor([0.1, -0.3]), torch.cat([cond["crossattn_emb"]] * 2)))
+        text = torch.cat([cond["crossattn_emb"]] * 2)
+        with torch.no_grad():
+            out["forward"] = (x, net(x, torch.tensor([0.1, -0.3]), text))
+            for block in net.transformer_blocks:  # compiled blocks (as infer runs on GPUs) trace the all-to-all whole
+                block.forward = torch.compile(block.forward, backend="aot_eager", dynamic=False, fullgraph=True)
+            out["compiled"] = net(x, torch.tensor([0.1, -0.3]), text)
         split.remove()
         results.put((rank, out))
     finally:
@@ -87,6 +92,7 @@ def _reference() -> torch.Tensor:
     return sample_latents(net, noise, cond, uncond, steps=3, guidance=7.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: f"G{layout.per_video}-K{layout.sequence_size}-cfg{int(layout.cfg_parallel)}")
 def test_split_videos_give_the_latents_of_one_process_on_every_process(four_processes, layout):
     reference = _reference()
@@ -98,7 +104,8 @@ def test_split_videos_give_the_latents_of_one_process_on_every_process(four_proc
         assert torch.equal(out[layout], four_processes[leader][layout])  # the processes of a video agree bit for bit
 
 
-def test_the_layer_alone_returns_the_whole_network_output_on_every_process(four_processes):
+@pytest.mark.slow
+def test_the_layer_alone_returns_the_whole_network_output_on_every_process_also_compiled(four_processes):
     net = _network()
     for rank, out in four_processes.items():
         x, y = out["forward"]
@@ -107,6 +114,7 @@ def test_the_layer_alone_returns_the_whole_network_output_on_every_process(four_
             expected = net(x, torch.tensor([0.1, -0.3]), torch.cat([cond] * 2))
         assert y.shape == expected.shape
         assert (y - expected).abs().max().item() < TOLERANCE * expected.abs().max().item(), rank
+        assert (out["compiled"] - expected).abs().max().item() < TOLERANCE * expected.abs().max().item(), rank
 
 
 def test_a_wrong_split_is_visible():
