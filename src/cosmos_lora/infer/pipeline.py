@@ -152,7 +152,9 @@ def compare_path(out_dir: Path, job: Job) -> Path:
 def job_done(settings: InferSettings, job: Job) -> bool:
     """Every stage's video with its sidecar (written last), and the comparison for `both`."""
     videos = [video_path(settings.out_dir, s, job) for s in STAGES[settings.stages]]
-    paths = videos + [v.with_suffix(".json") for v in videos] + ([latents_path(v) for v in videos] if settings.save_latents else [])
+    paths = videos + [v.with_suffix(".json") for v in videos]
+    if settings.save_latents:
+        paths += [latents_path(v) for v in videos]
     if settings.stages == "both":
         paths.append(compare_path(settings.out_dir, job))
     return all(p.is_file() for p in paths)
@@ -205,7 +207,8 @@ class Text2WorldGenerator:
         """This process decodes and writes the videos it samples (the first of its video group)."""
         return self.groups is None or self.groups.leads_video
 
-    def generate(self, text: torch.Tensor, negative: torch.Tensor, seed: int, on_step=None) -> tuple[np.ndarray | None, torch.Tensor, dict]:
+    def generate(self, text: torch.Tensor, negative: torch.Tensor, seed: int,
+                 on_step=None) -> tuple[np.ndarray | None, torch.Tensor, dict]:
         """uint8 `[T, H, W, 3]` frames (None where another process writes them), the latents, and where
         the time went (sampling, decoding, peak GPU memory)."""
         s = self.settings

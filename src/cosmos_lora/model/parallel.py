@@ -64,11 +64,11 @@ def check_layout(layout: VideoLayout, heads: int, tokens: int) -> None:
     """One line with the fix when the network or the world cannot be split this way."""
     g, n, k = layout.per_video, layout.processes, layout.sequence_size
     if g > n:
-        raise UserError(f"--gpus-per-video {g} is more than the {n} processes.", f"use --gpus-per-video {n} or less, or --nproc {g}.")
+        raise UserError(f"--gpus-per-video {g} is more than the {n} processes.",
+                        f"use --gpus-per-video {n} or less, or --nproc {g}.")
     if n % g:
-        raise UserError(
-            f"{n} processes cannot be grouped into videos of {g}.", f"use a --gpus-per-video that divides {n}, or --nproc {g * max(1, n // g)}."
-        )
+        raise UserError(f"{n} processes cannot be grouped into videos of {g}.",
+                        f"use a --gpus-per-video that divides {n}, or --nproc {g * (n // g)}.")
     if heads % k:
         raise UserError(
             f"{k} token shards per video do not divide the DiT's {heads} attention heads.",
