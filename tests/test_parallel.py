@@ -157,7 +157,7 @@ def test_layout_errors_are_one_line_with_a_fix(layout, heads, tokens, phrase):
 
 # -- through the CLI and torchrun --------------------------------------------------------------------
 
-PROMPT = ["--model", "tiny", "--stages", "original", "-p", "a red square moves", "--steps", "3", "--save-latents"]
+PROMPT = ["--model", "tiny", "-p", "a red square moves", "--steps", "3", "--save-latents"]
 
 
 def _infer(*args: str):
@@ -168,11 +168,27 @@ def _infer(*args: str):
     return CliRunner().invoke(app, ["infer", *PROMPT, *args])
 
 
-def _latents_and_videos(out):
+@pytest.fixture
+def lora_file(cli_env, tmp_path):
+    """A tiny LoRA with non-zero up-matrices (it changes the video), in our adapter format."""
+    from cosmos_lora.model.checkpoint import load_official_dit
+    from cosmos_lora.model.lora import add_lora, lora_state_dict, save_adapter, spec_for
+    from cosmos_lora.model.tiny import TINY_DIT
+
+    net, _ = load_official_dit(cli_env.checkpoints / TINY_DIT)
+    spec = spec_for(len(net.transformer_blocks), rank=4, scale=1.0)
+    add_lora(net, spec, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    state = {k: v if ".lora_A." in k else 0.5 * torch.randn(v.shape, generator=generator) for k, v in lora_state_dict(net).items()}
+    save_adapter(tmp_path / "lora.safetensors", state, spec)
+    return tmp_path / "lora.safetensors"
+
+
+def _outputs(out) -> tuple[dict, list]:
     from safetensors.torch import load_file
 
-    (latents,) = out.glob("original/*/seed_0.latents.safetensors")
-    return load_file(latents)["latents"], sorted(p.relative_to(out) for p in out.rglob("*.mp4"))
+    latents = {p.relative_to(out).parts[0]: load_file(p)["latents"] for p in out.rglob("*.latents.safetensors")}
+    return latents, sorted(p.relative_to(out) for p in out.rglob("*.mp4"))
 
 
 @pytest.mark.slow
@@ -180,16 +196,21 @@ def _latents_and_videos(out):
     (["--nproc", "2", "--gpus-per-video", "2", "--no-cfg-parallel"], "1 video(s) at a time on 2 each (2 token shards)"),
     (["--nproc", "4"], "1 video(s) at a time on 4 each (CFG branches x 2 token shards)"),
 ], ids=["tokens-split-in-2", "cfg-x-2-tokens-on-4"])
-def test_one_video_on_several_processes_matches_one_process_through_the_cli(cli_env, args, split):
-    assert _infer("--nproc", "1", "--name", "one").exit_code == 0
-    result = _infer(*args, "--name", "many")
+def test_one_video_on_several_processes_matches_one_process_through_the_cli(cli_env, lora_file, args, split):
+    """Base and LoRA videos of one prompt (one job: the CLI gives it every process)."""
+    both = ["--lora", str(lora_file), "--stages", "both"]
+    assert _infer(*both, "--nproc", "1", "--name", "one").exit_code == 0
+    result = _infer(*both, *args, "--name", "many")
     assert result.exit_code == 0, result.output
     assert split in result.output  # the layout the CLI chose, said before launching
-    one, one_videos = _latents_and_videos(cli_env.outputs / "infer" / "one")
-    many, many_videos = _latents_and_videos(cli_env.outputs / "infer" / "many")
-    assert many_videos == one_videos  # one mp4, written once
-    assert (many - one).abs().max().item() < TOLERANCE
-    (sidecar,) = (cli_env.outputs / "infer" / "many").glob("original/*/seed_0.json")
+    one, one_videos = _outputs(cli_env.outputs / "infer" / "one")
+    many, many_videos = _outputs(cli_env.outputs / "infer" / "many")
+    assert many_videos == one_videos and len(one_videos) == 3  # original, lora, compare: each written once
+    assert set(many) == set(one) == {"original", "lora"}
+    for stage in one:
+        assert (many[stage] - one[stage]).abs().max().item() < TOLERANCE, stage
+    assert (one["lora"] - one["original"]).abs().max().item() > 100 * TOLERANCE  # the LoRA is on in its stage
+    (sidecar,) = (cli_env.outputs / "infer" / "many").glob("lora/*/seed_0.json")
     assert json.loads(sidecar.read_text())["parallel"].endswith(split.split(": ", 1)[-1])
 
 
@@ -200,7 +221,7 @@ def test_one_video_on_several_processes_matches_one_process_through_the_cli(cli_
     (["--nproc", "2", "--gpus-per-video", "0"], "--gpus-per-video 0 is less than 1"),
 ])
 def test_a_split_that_cannot_work_is_one_line_before_anything_runs(cli_env, args, phrase):
-    result = _infer(*args)
+    result = _infer("--stages", "original", *args)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and phrase in result.stderr and "Traceback" not in result.output
