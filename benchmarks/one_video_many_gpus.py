@@ -3,7 +3,7 @@
     python benchmarks/one_video_many_gpus.py --root /tmp/world --out result.json [--steps 5] [--variants 1,2cfg,4cfg,4sp]
     python benchmarks/one_video_many_gpus.py --tiny --root /tmp/tiny --out result.json   # CPU check: tiny world, gloo, 2 processes
 
-Builds the fake 7B world (`fake_world_7b.py`: random 7B weights, tokenizer stand-in), then ONE torchrun
+Builds the fake 7B world (`fake_world.py`: random 7B weights, tokenizer stand-in), then ONE torchrun
 of N processes (one per GPU) loads the DiT once per process and makes the same video (121x704x1280,
 same noise, same random text embeddings, guidance 7) under each variant in turn:
 
@@ -20,7 +20,7 @@ the 1-GPU latents after rounding both to bf16 (absolute, and relative to the lar
 Fewer steps (`--steps 5`) save device time; the per-step figures are the same. The worker keeps
 its results after every variant, so a run cut short (`--timeout`, whole script) still reports the
 variants it finished. Within a 10-minute device call on 4 GPUs: build the world in a call of its own
-(`python benchmarks/fake_world_7b.py --root /tmp/world --clips 1`, a few minutes), then run this
+(`python benchmarks/fake_world.py --root /tmp/world --clips 1`, a few minutes), then run this
 script with `--steps 5` (loading, one compile per variant, 5 steps per variant).
 """
 
@@ -140,7 +140,7 @@ def build_world(args) -> dict:
         checkpoints = args.root / "checkpoints"
         write_tiny_checkpoints(checkpoints)
         return {"dit": str(checkpoints / TINY_DIT), "tokenizer": str(checkpoints / TINY_TOKENIZER), "frames": 17, "height": 64, "width": 64}
-    subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world_7b.py")), "--root", str(args.root), "--clips", "1"], check=True)
+    subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world.py")), "--root", str(args.root), "--clips", "1"], check=True)
     checkpoints = args.root / "checkpoints"
     return {
         "dit": str(checkpoints / "Cosmos-Predict1-7B-Text2World" / "model.pt"),
