@@ -30,6 +30,13 @@ def infer(
     model: str = typer.Option(None, help="7b, 14b or tiny: the preset's checkpoint when no --run gives it (default: 7b); the size is read from the checkpoint."),
     name: str = typer.Option(None, help="Output folder name under <outputs>/infer (default: the run or LoRA name)."),
     nproc: int = typer.Option(None, help="Processes (one per GPU) (default: visible GPUs, 1 on CPU)."),
+    gpus_per_video: int = typer.Option(
+        None, help="Processes that make one video together (default: as many as keep every process busy: "
+        "few videos get many GPUs each, many videos one each)."),
+    cfg_parallel: bool = typer.Option(
+        True, "--cfg-parallel/--no-cfg-parallel",
+        help="With an even --gpus-per-video, the guidance's two branches on two halves of the video's GPUs."),
+    save_latents: bool = typer.Option(False, "--save-latents", help="Also write seed_<k>.latents.safetensors (latents before decoding)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that exist already."),
     attention: str = typer.Option("cudnn", help="cudnn (fused cuDNN attention on GPUs, fastest on Hopper) or default."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the DiT blocks on GPUs (faster steps)."),
@@ -42,14 +49,15 @@ def infer(
     seed_<k>.json beside them, and index.html showing every comparison.
     """
     from cosmos_lora.config import load_preset
-    from cosmos_lora.distributed import Launch, default_nproc, launch
+    from cosmos_lora.distributed import Launch, default_nproc, external_launch, launch
     from cosmos_lora.infer import adapters
-    from cosmos_lora.infer.pipeline import InferSettings, check_model, check_settings
-    from cosmos_lora.infer.prompts import STAGES, read_prompts
+    from cosmos_lora.infer.pipeline import InferSettings, check_model, check_settings, job_done, video_tokens
+    from cosmos_lora.infer.prompts import STAGES, plan_jobs, read_prompts
     from cosmos_lora.infer.run import save_plan
+    from cosmos_lora.model.parallel import choose_layout
     from cosmos_lora.run_folder import RunFolder
 
-    _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name)
+    _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name, gpus_per_video)
     roots = ctx.obj
     adapter = None
     if run:
@@ -67,22 +75,29 @@ def infer(
         pixel_chunk_duration=m.pixel_chunk_duration, stages=stages, steps=steps, guidance=guidance, fps=fps,
         height=height, width=width, frames=frames or m.num_frames, precision=m.precision, overwrite=overwrite,
         attention_backend=attention, compile=compile, fp8=fp8, offload=offload,
-        adapter_file=adapter.source if adapter else None, lora_scale=lora_scale,
+        adapter_file=adapter.source if adapter else None, lora_scale=lora_scale, cfg_parallel=cfg_parallel,
+        save_latents=save_latents,
     )
     check_settings(settings)
     prompts = read_prompts(prompt or [], prompts_file, negative_prompt)
-    check_model(settings, adapter)  # nothing is written before this passes
+    size = check_model(settings, adapter)  # nothing is written before this passes
+    processes = external.world_size if (external := external_launch()) else nproc or default_nproc()
+    todo = [job for job in plan_jobs(prompts, num_videos, seed) if overwrite or not job_done(settings, job)]
+    layout = choose_layout(processes, len(todo), size.num_attention_heads, video_tokens(settings), gpus_per_video, cfg_parallel)
+    settings.gpus_per_video = layout.per_video
+    if layout.per_video > 1:
+        note(layout.describe())
     if adapter and "lora" in STAGES[stages]:
         note(f"LoRA: {adapter.summary()}")
         if adapter.format == "official":
             note("Official checkpoints do not store the LoRA scale: 1 is assumed, --lora-scale multiplies it.")
     plan = save_plan(settings, prompts, num_videos, seed)
-    outcome = launch("cosmos_lora.infer.run", [str(plan)], Launch(nproc or default_nproc()))
+    outcome = launch("cosmos_lora.infer.run", [str(plan)], Launch(processes))
     outcome.raise_unless_finished("every video was made", "rerun the same command: finished videos are kept.")
     result(str(settings.out_dir))
 
 
-def _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name) -> None:
+def _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name, gpus_per_video) -> None:
     """Option combinations, before anything is read."""
     from cosmos_lora.infer.prompts import STAGES
 
@@ -96,7 +111,9 @@ def _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name
         raise UserError("--run sets the model (the one it was trained on).", "drop --model.")
     if model is not None and model not in MODEL_PRESETS:
         raise UserError(f"Unknown --model {model!r}.", f"use one of {', '.join(MODEL_PRESETS)}.")
-    for option, value in (("--num-videos", num_videos), ("--nproc", nproc or 1)):
+    for option, value in (("--num-videos", num_videos), ("--nproc", nproc), ("--gpus-per-video", gpus_per_video)):
+        if value is None:
+            continue
         if value < 1:
             raise UserError(f"{option} {value} is less than 1.", f"use {option} 1 or more.")
     if seed < 0:
@@ -112,4 +129,5 @@ def register(app: typer.Typer) -> None:
         "cosmos-lora infer --lora iter_000001000_model.pt --lora-scale 1.5 --prompts-file prompts.jsonl --stages lora",
         'cosmos-lora infer --model 14b --stages original --prompt "A surfer rides a wave"',
         'cosmos-lora infer --model tiny --stages original --prompt "a red square" --steps 5',
+        'cosmos-lora infer --run <run> --prompt "A surfer rides a wave" --nproc 8   # one video on all 8 GPUs',
     ))(guarded(infer))

@@ -14,23 +14,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from cosmos_lora.data.embeddings import pad_embedding
 from cosmos_lora.data.video import side_by_side, write_video
 from cosmos_lora.errors import UserError
+from cosmos_lora.files import atomic_write
 from cosmos_lora.infer.adapters import Adapter, check_fits, from_file
 from cosmos_lora.infer.html import write_index
 from cosmos_lora.infer.prompts import STAGES, Job
 from cosmos_lora.model.checkpoint import load_official_dit, read_official_checkpoint, split_official_state, unwrap_container
-from cosmos_lora.model.dit import configure_blocks, size_from_state_dict
+from cosmos_lora.model.dit import DiTSize, configure_blocks, size_from_state_dict
 from cosmos_lora.model.edm import SIGMA_DATA
 from cosmos_lora.model.fp8 import use_fp8_linears
 from cosmos_lora.model.lora import LoraSpec, add_lora, load_lora_state
+from cosmos_lora.model.parallel import VideoGroups, cfg_split, parallelize
 from cosmos_lora.model.sampler import sample_latents
 from cosmos_lora.model.text_encoder import T5TextEncoder
 from cosmos_lora.model.tokenizer import TOKENIZER_FILES, VideoTokenizer, latent_frames, video_to_uint8
-from cosmos_lora.files import atomic_write
 from cosmos_lora.progress import progress_bar
 
 STAGE_LABELS = {"original": "original", "lora": "LoRA"}
@@ -60,6 +62,9 @@ class InferSettings:
     compile: bool = True  # regional torch.compile of the DiT blocks on GPUs (see benchmarks/RESULTS.md)
     fp8: bool = False  # FP8 matmuls for the frozen attention/MLP linears (model/fp8.py)
     offload: bool = False  # keep only the model of the current phase on the GPU (sampling: DiT, decoding: tokenizer)
+    gpus_per_video: int = 1  # processes that make one video together (model/parallel.py)
+    cfg_parallel: bool = True  # with an even gpus_per_video: the two CFG branches on two halves of them
+    save_latents: bool = False  # also write seed_<k>.latents.safetensors (the sampled latents, float32)
     extra_meta: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -91,9 +96,10 @@ def check_settings(settings: InferSettings) -> None:
         raise UserError(f"--stages {settings.stages} needs a LoRA.", "pass --run NAME or --lora FILE, or use --stages original.")
 
 
-def check_model(settings: InferSettings, adapter: Adapter | None) -> None:
+def check_model(settings: InferSettings, adapter: Adapter | None) -> DiTSize:
     """What only the checkpoints can tell, before anything is loaded or written: the size fits the DiT,
-    the text encoder's width is the DiT's, and the adapter fits the DiT (tensors are memory-mapped)."""
+    the text encoder's width is the DiT's, and the adapter fits the DiT (tensors are memory-mapped).
+    Returns the DiT's size."""
     state = unwrap_container(read_official_checkpoint(settings.dit))
     try:
         size = size_from_state_dict(state)
@@ -123,10 +129,20 @@ def check_model(settings: InferSettings, adapter: Adapter | None) -> None:
     if adapter is not None and "lora" in STAGES[settings.stages]:
         network, _, _, _ = split_official_state(state)
         check_fits(adapter, {k: v.shape for k, v in network.items()}, settings.dit)
+    return size
+
+
+def video_tokens(settings: InferSettings) -> int:
+    """The DiT's tokens for one video (patches of 1x2x2 latents)."""
+    return latent_frames(settings.frames) * (settings.height // 16) * (settings.width // 16)
 
 
 def video_path(out_dir: Path, stage: str, job: Job) -> Path:
     return out_dir / stage / job.prompt.name / f"seed_{job.seed}.mp4"
+
+
+def latents_path(video: Path) -> Path:
+    return video.with_suffix(".latents.safetensors")
 
 
 def compare_path(out_dir: Path, job: Job) -> Path:
@@ -137,16 +153,22 @@ def job_done(settings: InferSettings, job: Job) -> bool:
     """Every stage's video with its sidecar (written last), and the comparison for `both`."""
     videos = [video_path(settings.out_dir, s, job) for s in STAGES[settings.stages]]
     paths = videos + [v.with_suffix(".json") for v in videos]
+    if settings.save_latents:
+        paths += [latents_path(v) for v in videos]
     if settings.stages == "both":
         paths.append(compare_path(settings.out_dir, job))
     return all(p.is_file() for p in paths)
 
 
 class Text2WorldGenerator:
-    """The DiT and tokenizer, loaded once; the LoRA (if any) is switched on and off per stage."""
+    """The DiT and tokenizer, loaded once; the LoRA (if any) is switched on and off per stage.
 
-    def __init__(self, settings: InferSettings, device: torch.device):
-        self.settings, self.device = settings, device
+    With `groups`, this process is one of a video group: it samples its share (model/parallel.py) and
+    only the group's first process decodes.
+    """
+
+    def __init__(self, settings: InferSettings, device: torch.device, groups: VideoGroups | None = None):
+        self.settings, self.device, self.groups = settings, device, groups
         self.dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float32
         self.net, _ = load_official_dit(settings.dit, device=device, dtype=self.dtype)
         self.net.eval()
@@ -160,6 +182,7 @@ class Text2WorldGenerator:
             self._attach(self.adapter)
         if settings.fp8:
             use_fp8_linears(self.net)  # after the LoRA: it wraps the FP8 base like the bf16 one
+        parallelize(self.net, groups)
         home = "cpu" if settings.offload else device
         self.tokenizer = VideoTokenizer(settings.tokenizer, home, self.dtype, settings.pixel_chunk_duration)
 
@@ -179,16 +202,25 @@ class Text2WorldGenerator:
             return
         (self.net.enable_adapters if stage == "lora" else self.net.disable_adapters)()
 
-    def generate(self, text: torch.Tensor, negative: torch.Tensor, seed: int, on_step=None) -> tuple[np.ndarray, dict]:
-        """uint8 `[T, H, W, 3]` frames and where the time went (sampling, decoding, peak GPU memory)."""
+    @property
+    def writes(self) -> bool:
+        """This process decodes and writes the videos it samples (the first of its video group)."""
+        return self.groups is None or self.groups.leads_video
+
+    def generate(self, text: torch.Tensor, negative: torch.Tensor, seed: int,
+                 on_step=None) -> tuple[np.ndarray | None, torch.Tensor, dict]:
+        """uint8 `[T, H, W, 3]` frames (None where another process writes them), the latents, and where
+        the time went (sampling, decoding, peak GPU memory)."""
         s = self.settings
         shape = (1, 16, latent_frames(s.frames), s.height // 8, s.width // 8)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
         cond = {"crossattn_emb": text.to(self.device, self.dtype)[None], "fps": float(s.fps)}
         uncond = {**cond, "crossattn_emb": negative.to(self.device, self.dtype)[None]}
         started = time.perf_counter()
-        latents = sample_latents(self.net, noise, cond, uncond, s.steps, s.guidance, on_step=on_step)
+        latents = sample_latents(self.net, noise, cond, uncond, s.steps, s.guidance, on_step=on_step, cfg=cfg_split(self.groups))
         sampled = time.perf_counter()
+        if not self.writes:
+            return None, latents, {}
         with self._decoding_phase():
             video = self.tokenizer.decode((latents / SIGMA_DATA).to(self.dtype))
             frames = video_to_uint8(video[0]).numpy()  # the copy to the host waits for the GPU
@@ -199,7 +231,7 @@ class Text2WorldGenerator:
         }
         if self.device.type == "cuda":
             timings["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 1e9, 2)
-        return frames, timings
+        return frames, latents, timings
 
 
     @contextlib.contextmanager
@@ -236,14 +268,15 @@ def embed_prompts(settings: InferSettings, jobs: list[Job], device: torch.device
     return embeddings
 
 
-def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, show_progress: bool = True) -> list[Path]:
-    """Generates this process's jobs; returns the videos written."""
+def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, show_progress: bool = True,
+             groups: VideoGroups | None = None) -> list[Path]:
+    """Generates this process's (or video group's) jobs; returns the videos this process wrote."""
     check_settings(settings)
     todo = jobs if settings.overwrite else [j for j in jobs if not job_done(settings, j)]
     if not todo:
         return []
     embeddings = embed_prompts(settings, todo, device)
-    generator = Text2WorldGenerator(settings, device)
+    generator = Text2WorldGenerator(settings, device, groups)
     stages = STAGES[settings.stages]
     written = []
     with progress_bar(show_progress) as progress:
@@ -255,23 +288,27 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
                 progress.reset(steps_task, description=f"{stage}: {job.prompt.name} seed {job.seed}")
                 started = time.perf_counter()
                 generator.set_stage(stage)
-                outputs[stage], timings = generator.generate(
+                outputs[stage], latents, timings = generator.generate(
                     embeddings[job.prompt.text], embeddings[job.prompt.negative], job.seed,
                     on_step=lambda i, x0, x: progress.advance(steps_task),
                 )
                 timings["seconds"] = round(time.perf_counter() - started, 3)
-                written.append(_write_stage(settings, job, stage, outputs[stage], timings, generator.adapter))
+                if generator.writes:
+                    written.append(_write_stage(settings, job, stage, outputs[stage], latents, timings, generator.adapter))
                 progress.advance(videos_task)
-            if len(stages) == 2:
+            if len(stages) == 2 and generator.writes:
                 frames = side_by_side([outputs[s] for s in stages], [STAGE_LABELS[s] for s in stages])
                 write_video(compare_path(settings.out_dir, job), frames, settings.fps)
     return written
 
 
-def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, timings: dict, adapter) -> Path:
-    """The video, then `prompt.txt`, then the sidecar: a video without its sidecar counts as unfinished."""
+def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, latents: torch.Tensor, timings: dict,
+                 adapter) -> Path:
+    """The video (and latents), then `prompt.txt`, then the sidecar: a video without its sidecar counts as unfinished."""
     path = video_path(settings.out_dir, stage, job)
     write_video(path, frames, settings.fps)
+    if settings.save_latents:
+        atomic_write(latents_path(path), safetensors.torch.save({"latents": latents.float().cpu().contiguous()}))
     _write_text(path.parent / "prompt.txt", job.prompt.text + "\n")
     meta = {
         "prompt": job.prompt.text, "negative_prompt": job.prompt.negative, "prompt_name": job.prompt.name,

@@ -13,13 +13,14 @@ import torch.distributed as dist
 
 from cosmos_lora.distributed import Distributed, run_worker
 from cosmos_lora.errors import UserError
+from cosmos_lora.files import atomic_write
 from cosmos_lora.infer.pipeline import InferSettings, finish, job_done, run_jobs
 from cosmos_lora.infer.prompts import Job, Prompt, plan_jobs, shard
-from cosmos_lora.files import atomic_write
+from cosmos_lora.model.parallel import make_groups, video_layout
 
 PLAN = "plan.json"
 # settings that do not change what a finished video looks like: a rerun may differ in them
-RERUN_MAY_CHANGE = {"out_dir", "stages", "overwrite", "extra_meta"}
+RERUN_MAY_CHANGE = {"out_dir", "stages", "overwrite", "extra_meta", "gpus_per_video", "cfg_parallel", "save_latents"}
 
 
 def save_plan(settings: InferSettings, prompts: list[Prompt], num_videos: int, seed: int) -> Path:
@@ -51,15 +52,21 @@ def load_plan(path: Path) -> tuple[InferSettings, list[Job]]:
 
 
 def run_plan(plan_path: Path, dist_info: Distributed) -> tuple[list[Path], Path | None]:
-    """This process's share of the plan's jobs; the main process writes `index.html` once all are done."""
+    """This video group's share of the plan's jobs (a group of `gpus_per_video` processes makes each of
+    its videos together); the main process writes `index.html` once all are done."""
     settings, jobs = load_plan(plan_path)
+    layout = video_layout(dist_info.world_size, settings.gpus_per_video, settings.cfg_parallel)
+    groups = make_groups(layout, dist_info.rank) if dist_info.enabled else None
+    video = groups.video if groups else 0
     settings.extra_meta["process"] = f"{dist_info.rank}/{dist_info.world_size}"
-    mine = shard(jobs, dist_info.rank, dist_info.world_size)
+    if layout.per_video > 1:
+        settings.extra_meta["parallel"] = layout.describe()
+    mine = shard(jobs, video, layout.videos_at_once)
     finished = 0 if settings.overwrite else sum(job_done(settings, job) for job in mine)
-    written = run_jobs(settings, mine, dist_info.device, dist_info.is_main)
+    written = run_jobs(settings, mine, dist_info.device, dist_info.is_main, groups)
     print(
         f"process {dist_info.rank}/{dist_info.world_size}: {len(mine)} jobs, {finished} finished before, "
-        f"{len(written)} videos written",
+        f"{len(written)} videos written" + (f" (video group {video})" if layout.per_video > 1 else ""),
         file=sys.stderr,
     )
     if dist_info.enabled:

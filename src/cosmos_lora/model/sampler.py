@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cosmos_lora.model.edm import denoise
+from cosmos_lora.model.parallel import CfgSplit
 
 SIGMA_MAX = 80.0
 SIGMA_MIN = 0.0002
@@ -45,16 +46,25 @@ def sample_latents(
     steps: int = 35,
     guidance: float = 7.0,
     on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    cfg: CfgSplit | None = None,
 ) -> torch.Tensor:
-    """Clean latents `x0` (`[B, 16, T, H, W]`, float32, scaled by sigma_data like the official model's)."""
+    """Clean latents `x0` (`[B, 16, T, H, W]`, float32, scaled by sigma_data like the official model's).
+
+    With `cfg` this process computes one branch and swaps x0 with the process computing the other, so
+    both end every step with the same `x` (the noise must be the same on both).
+    """
     sigmas = karras_sigmas(steps)
     x = noise.float() * INIT_NOISE_SIGMA
     both = _batched(cond, uncond)
     batch = x.shape[0]
     for i in range(steps):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
-        x0_both, _ = denoise(net, torch.cat([x, x]), torch.full((2 * batch,), sigma, device=x.device), **both)
-        x0_cond, x0_uncond = x0_both[:batch], x0_both[batch:]
+        if cfg is None:
+            x0_both, _ = denoise(net, torch.cat([x, x]), torch.full((2 * batch,), sigma, device=x.device), **both)
+            x0_cond, x0_uncond = x0_both[:batch], x0_both[batch:]
+        else:
+            x0_mine, _ = denoise(net, x, torch.full((batch,), sigma, device=x.device), **cfg.mine(cond, uncond))
+            x0_cond, x0_uncond = cfg.combine(x0_mine)
         x0 = x0_cond + guidance * (x0_cond - x0_uncond)  # the same as guiding the raw output F
         x = x + (x - x0) / sigma * (sigma_next - sigma)
         if on_step is not None:
