@@ -50,6 +50,7 @@ def infer(
     from cosmos_lora.infer.pipeline import InferSettings, check_model, check_settings
     from cosmos_lora.infer.prompts import STAGES, read_prompts
     from cosmos_lora.infer.run import run_plan, save_plan
+    from cosmos_lora.model.adapter_files import from_file
 
     _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name)
     roots = ctx.obj
@@ -60,7 +61,7 @@ def infer(
         config = load_preset(run_dir / "config.yaml")
     else:
         config = load_preset(MODEL_PRESETS[model or "7b"])
-        adapter = adapters.from_file(lora) if lora else None
+        adapter = from_file(lora) if lora else None
     m = config.model
     height, width = resolution or m.resolution
     settings = InferSettings(

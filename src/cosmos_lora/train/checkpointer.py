@@ -11,7 +11,6 @@ A save is written into a hidden folder and renamed when every rank has finished,
 Adapters are kept at every save (a few MB); only the last `keep_states` states are kept.
 """
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -33,17 +32,6 @@ def step_name(step: int) -> str:
 def adapter_paths(run_dir: Path, step: int) -> tuple[Path, Path]:
     folder = run_dir / "adapters"
     return folder / f"{step_name(step)}.safetensors", folder / f"{step_name(step)}.ema.safetensors"
-
-
-def base_fingerprint(path: Path, sample_bytes: int = 1 << 24) -> str:
-    """sha256 of the base checkpoint's size, head and tail: cheap on 14 GB, catches a different base."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        digest.update(f.read(sample_bytes))
-        f.seek(max(0, size - sample_bytes))
-        digest.update(f.read(sample_bytes))
-    return digest.hexdigest()[:16]
 
 
 def read_latest(run_dir: Path) -> dict | None:
