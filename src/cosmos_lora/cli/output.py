@@ -1,7 +1,8 @@
 """All printing: results for scripts on stdout, progress and hints for people on stderr.
 
 Commands raise `UserError` for user mistakes; `guarded` turns it into one red line on stderr and
-exit code 1 (COSMOS_LORA_DEBUG=1 re-raises it with the traceback).
+its exit code: 1, or EXIT_STOPPED for `Stopped` (COSMOS_LORA_DEBUG=1 re-raises it with the traceback).
+A Ctrl-C that reaches a command is a `Stopped` too.
 """
 
 import functools
@@ -11,7 +12,7 @@ import os
 import typer
 from rich.console import Console
 
-from cosmos_lora.errors import UserError
+from cosmos_lora.errors import Stopped, UserError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -21,14 +22,17 @@ def guarded(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            try:
+                return command(*args, **kwargs)
+            except KeyboardInterrupt:
+                raise Stopped("Stopped (Ctrl-C).", "rerun the same command: finished work is kept.") from None
         except UserError as error:
             if os.environ.get("COSMOS_LORA_DEBUG"):
                 raise
             err.print(f"[bold red]Error:[/] {error.problem}", markup=True)
             if error.fix:
                 err.print(f"[bold]Fix:[/] {error.fix}", markup=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(error.exit_code) from None
 
     return wrapper
 

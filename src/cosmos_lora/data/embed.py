@@ -3,8 +3,11 @@
 One process per GPU (`launch_embed` starts them through torchrun; on a CPU machine one process).
 Rank r of w takes clips[r::w] of the sorted clip list, so every clip is done exactly once and no
 process needs to talk to another until the end. Work is batched; a CUDA out-of-memory error
-halves the batch and retries it. Clips whose embedding (or current latent) already exists are
-skipped, so an interrupted run resumes. A clip that cannot be encoded is skipped and listed, and
+halves the batch and retries it. Clips whose embedding (or latent) is current are skipped, so an
+interrupted run resumes: an embedding is current while its record (`t5_xxl/<clip>.json`) names the
+clip's caption as it is now and this text encoder; one with no record (made by another tool) is
+redone, since it cannot be verified. A latent is current while its recorded fingerprint matches
+the clip file's content. A clip that cannot be encoded is skipped and listed, and
 the rest carry on. Progress and ETA show on rank 0 (its shard is the same size as the others).
 
     python -m cosmos_lora.data.embed JOB.json      # what torchrun starts on each GPU
@@ -16,13 +19,15 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cosmos_lora.data.embeddings import read_t5_embedding, write_t5_embedding
+from cosmos_lora.data.embeddings import (EmbeddingSource, caption_sha256, embedding_source, read_caption,
+                                         read_t5_embedding, text_encoder_fingerprint, write_embedding_record,
+                                         write_t5_embedding)
 from cosmos_lora.data.latents import (CACHE_INFO, cache_info, latent_cache_dir, latent_problem, latent_shape,
                                       video_fingerprint, write_cache_info, write_latent)
 from cosmos_lora.data.layout import FAILED_COLUMNS, DatasetLayout, write_csv
@@ -72,16 +77,15 @@ class EmbedSummary:
     latent_failures: list[dict] = field(default_factory=list)  # failed.csv rows: source (video), reason
     latents_dir: str | None = None
     encoded_clips: list[str] = field(default_factory=list)
+    bad_captions: list[str] = field(default_factory=list)  # problems: captions that cannot be read as text
+    redone_changed: int = 0  # of `embedded`: made from another caption or text encoder before
+    redone_unrecorded: int = 0  # of `embedded`: had no record (made by another tool), so unverifiable
 
     def merge(self, other: "EmbedSummary") -> "EmbedSummary":
         """The summary of two shards."""
-        def add(name):
-            return getattr(self, name) + getattr(other, name)
-
-        return EmbedSummary(*(add(f) for f in ("embedded", "skipped_existing", "missing_captions", "embedded_clips",
-                                              "latents_encoded", "latents_skipped_existing", "latent_failures")),
-                            latents_dir=self.latents_dir or other.latents_dir,
-                            encoded_clips=add("encoded_clips"))
+        summed = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)
+                  if f.name != "latents_dir"}
+        return EmbedSummary(**summed, latents_dir=self.latents_dir or other.latents_dir)
 
 
 class HalvingBatches:
@@ -127,11 +131,22 @@ class HalvingBatches:
 
 def embed_dataset(root: Path, text_encoder_dir: Path, device: torch.device, dtype: torch.dtype, batch_size: int = 16,
                   rank: int = 0, world_size: int = 1, show_progress: bool = True) -> EmbedSummary:
-    """Writes `t5_xxl/<clip>.pickle` for this rank's share of the clips that lack a valid one."""
+    """Writes `t5_xxl/<clip>.pickle` and its record for this rank's share of the clips whose embedding
+    is missing, unreadable, unrecorded, or made from another caption or text encoder."""
     layout = DatasetLayout(Path(root))
     clips = _all_clips(layout)[rank::world_size]
-    missing = [c for c in clips if not layout.caption(c).is_file()]
-    todo = [c for c in clips if c not in missing and not _has_valid_embedding(layout.embedding(c))]
+    encoder_id = text_encoder_fingerprint(text_encoder_dir)  # None: no T5 there (an error only if needed)
+    captions, missing, bad = {}, [], []
+    for clip in clips:
+        if not layout.caption(clip).is_file():
+            missing.append(str(layout.caption(clip)))
+            continue
+        try:
+            captions[clip] = read_caption(layout.caption(clip))
+        except UserError as err:
+            bad.append(err.problem)
+    reasons = {clip: _redo_reason(layout.embedding(clip), text, encoder_id) for clip, text in captions.items()}
+    todo = [clip for clip, reason in reasons.items() if reason is not None]
     if todo:
         from cosmos_lora.model.text_encoder import T5TextEncoder
 
@@ -139,21 +154,31 @@ def embed_dataset(root: Path, text_encoder_dir: Path, device: torch.device, dtyp
         batches = HalvingBatches(batch_size, _halving_note("T5", rank))
         with progress_bar(show_progress and rank == 0) as progress:
             task = progress.add_task("caption embeddings", total=len(todo))
-            for batch, embeddings in batches.run(todo, lambda batch: encoder.encode(
-                    [layout.caption(c).read_text(encoding="utf-8").strip() for c in batch])):
+            for batch, embeddings in batches.run(todo, lambda batch: encoder.encode([captions[c] for c in batch])):
                 for clip, embedding in zip(batch, embeddings):
                     write_t5_embedding(layout.embedding(clip), embedding)
+                    write_embedding_record(layout.embedding(clip),
+                                           EmbeddingSource(caption_sha256(captions[clip]), encoder_id))
                 progress.advance(task, len(batch))
-    return EmbedSummary(len(todo), len(clips) - len(missing) - len(todo), [str(layout.caption(c)) for c in missing],
-                        embedded_clips=todo)
+    redone = [reasons[c] for c in todo]
+    return EmbedSummary(len(todo), len(captions) - len(todo), missing, embedded_clips=todo, bad_captions=bad,
+                        redone_changed=redone.count("changed"), redone_unrecorded=redone.count("unrecorded"))
 
 
-def _has_valid_embedding(path: Path) -> bool:
+def _redo_reason(path: Path, caption: str, encoder_id: str | None) -> str | None:
+    """Why the embedding at `path` must be made (again) from `caption`: "missing" (or unreadable),
+    "unrecorded" (cannot be verified), "changed" (other caption or text encoder); None if current."""
     try:
-        read_t5_embedding(path)
-        return True
+        data = path.read_bytes()
+        read_t5_embedding(path, data)
     except (UserError, OSError):
-        return False
+        return "missing"
+    source = embedding_source(path, data)
+    if source is None:
+        return "unrecorded"
+    if source.caption_sha256 != caption_sha256(caption) or encoder_id not in (None, source.text_encoder):
+        return "changed"
+    return None
 
 
 # ---------------------------------------------------------------- the latent cache

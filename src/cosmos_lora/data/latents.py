@@ -15,8 +15,9 @@
 The key names everything that changes a latent, so a cache made with another tokenizer, size or
 frame count is simply another folder and is never read by mistake. The tokenizer hash covers the
 files `encode` uses (encoder.jit, mean_std.pt), not their path. Inside a folder an entry is used
-only while its recorded fingerprint (size and first/last 64 KiB) still matches the clip's video, so
-a clip re-cut by `prepare` falls back to decoding until `embed --latents` encodes it again.
+only while its recorded fingerprint (size and SHA-256 of the whole clip file) still matches the
+clip's video, so a clip re-cut by `prepare` or replaced by hand falls back to decoding until
+`embed --latents` encodes it again.
 """
 
 import functools
@@ -36,7 +37,6 @@ LATENTS_DIR = "latents"
 CACHE_INFO = "cache.json"
 TENSOR = "latent"
 HASHED_TOKENIZER_FILES = ("encoder.jit", "mean_std.pt")  # what `VideoTokenizer.encode` depends on
-_FINGERPRINT_BYTES = 64 * 1024
 
 
 def latent_cache_dir(root: Path, tokenizer_dir: Path, num_frames: int, height: int, width: int,
@@ -85,14 +85,22 @@ def latent_path(cache_dir: Path, clip: str) -> Path:
 
 
 def video_fingerprint(path: Path) -> str:
-    """Size and a hash of the first and last 64 KiB: cheap, and changed by any re-encode of the clip."""
-    size = os.path.getsize(path)
-    digest = hashlib.blake2b(digest_size=16)
+    """`<size>:sha256:<hex>` of the clip file's whole content: any re-cut or replaced clip differs,
+    whatever its name, size or mtime. Hashed once per process while the file is untouched."""
+    stat = os.stat(path)
+    return _content_fingerprint(str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns,
+                                stat.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _content_fingerprint(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """The memo key is the file's identity and change times (ctime moves on every write or
+    rename and cannot be set back), so a changed file is always hashed again."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        digest.update(f.read(_FINGERPRINT_BYTES))
-        f.seek(max(0, size - _FINGERPRINT_BYTES))
-        digest.update(f.read(_FINGERPRINT_BYTES))
-    return f"{size}:{digest.hexdigest()}"
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return f"{size}:sha256:{digest.hexdigest()}"
 
 
 def write_latent(cache_dir: Path, clip: str, latent: torch.Tensor, fps: float, fingerprint: str) -> Path:

@@ -4,8 +4,10 @@
 <root>/videos/<clip>.mp4      one training clip
 <root>/metas/<clip>.txt       its caption
 <root>/t5_xxl/<clip>.pickle   its T5 embedding (written by `cosmos-lora embed`)
+<root>/t5_xxl/<clip>.json     what that embedding was made from (see `data.embeddings`)
 <root>/index.csv              where each clip came from (written by `prepare`)
 <root>/failed.csv             sources `prepare` skipped, with the reason
+<root>/cut.json               how `prepare` cut the clips (frames, size, limits): one cut per dataset
 ```
 Every stage names these paths through `DatasetLayout` so they cannot drift apart.
 """
@@ -44,6 +46,10 @@ class DatasetLayout:
     @property
     def failed_csv(self) -> Path:
         return self.root / "failed.csv"
+
+    @property
+    def cut_json(self) -> Path:
+        return self.root / "cut.json"
 
     def video(self, clip: str) -> Path:
         return self.videos_dir / f"{clip}.mp4"

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from cosmos_lora.config import LazyDict, apply_overrides, load_preset, resolved, save_config
-from cosmos_lora.data.dataset import require_valid_dataset
+from cosmos_lora.data.dataset import dit_text_width, require_valid_dataset
 from cosmos_lora.data.latents import LATENTS_DIR, latent_cache_dir
 from cosmos_lora.data.layout import DatasetLayout
 from cosmos_lora.distributed import ExternalLaunch, launched_by_torchrun, run_torchrun, torchrun_command, visible_gpus
@@ -152,7 +152,7 @@ def check_inputs(config: LazyDict) -> None:
     latents = config.dataloader_train.dataset.latents_dir
     require_valid_dataset(
         Path(config.dataloader_train.dataset.root), config.model.num_frames, height, width, config.job.dataset,
-        latents_dir=Path(latents) if latents else None,
+        latents_dir=Path(latents) if latents else None, text_width=dit_text_width(dit),
     )
 
 
