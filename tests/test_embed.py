@@ -137,7 +137,9 @@ def train_one_step(name="check"):
 
 def dataset_check_passes(roots):
     """What `posttrain` runs before it writes the run folder (check_inputs), for a dataset that passes."""
-    from cosmos_lora.train.launch import Launch, build_experiment, check_inputs
+    from cosmos_lora.config.build import build_experiment
+    from cosmos_lora.distributed import Launch
+    from cosmos_lora.train.checks import check_inputs
 
     check_inputs(build_experiment("tiny_lora", roots, TINY_DATASET, {}, [], "check", Launch(1)))
     return True

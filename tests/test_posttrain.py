@@ -36,6 +36,7 @@ from cosmos_lora.model.edm import SIGMA_DATA, training_loss
 from cosmos_lora.model.lora import EXTRA_TARGETS, OFFICIAL_TARGETS, add_lora, load_lora_state, lora_state_dict, read_adapter
 from cosmos_lora.model.tiny import TINY_DIT, TINY_TOKENIZER
 from cosmos_lora.model.tokenizer import VideoTokenizer
+from cosmos_lora.errors import EXIT_STOPPED
 from cosmos_lora.paths import Roots
 
 DATASET = "demo/shapes"
@@ -338,7 +339,7 @@ def test_fp8_training_runs_over_ddp_and_moves_the_lora(run_d):
 @pytest.mark.slow
 def test_sigterm_saves_a_resumable_state_and_says_how_to_resume(run_b):
     step = run_b.status["step"]
-    assert run_b.code == 1 and run_b.status["state"] == "interrupted"
+    assert run_b.code == EXIT_STOPPED and run_b.status["state"] == "interrupted"
     assert 1 <= step < STEPS and run_b.latest["step"] == step
     assert f"Interrupted after step {step}" in run_b.stderr
     assert "Traceback" not in run_b.stderr and "ChildFailedError" not in run_b.stderr  # one line, not the launcher's

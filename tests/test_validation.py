@@ -22,7 +22,10 @@ from cosmos_lora.data.video import probe_video
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.model.lora import read_adapter
 from cosmos_lora.paths import Roots
-from cosmos_lora.train.launch import Launch, build_experiment, check_validation, prepare_run_dir
+from cosmos_lora.config.build import build_experiment
+from cosmos_lora.distributed import Launch
+from cosmos_lora.train.checks import check_validation
+from cosmos_lora.train.launch import prepare_run_dir
 from cosmos_lora.train.trainer import Trainer
 
 DATASET = "demo/shapes"

@@ -43,22 +43,21 @@ def infer(
     seed_<k>.json beside them, and index.html showing every comparison.
     """
     from cosmos_lora.config import load_preset
-    from cosmos_lora.distributed import (
-        close_distributed, init_distributed, launched_by_torchrun, run_torchrun, stopped_by_signal, torchrun_command, visible_gpus,
-    )
+    from cosmos_lora.distributed import Launch, default_nproc, launch
     from cosmos_lora.infer import adapters
     from cosmos_lora.infer.pipeline import InferSettings, check_model, check_settings
     from cosmos_lora.infer.prompts import STAGES, read_prompts
-    from cosmos_lora.infer.run import run_plan, save_plan
+    from cosmos_lora.infer.run import save_plan
+    from cosmos_lora.run_folder import RunFolder
     from cosmos_lora.model.adapter_files import from_file
 
     _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name)
     roots = ctx.obj
     adapter = None
     if run:
-        run_dir = adapters.resolve_run(run, roots.outputs / "runs")
-        adapter = adapters.from_run(run_dir, step, ema)
-        config = load_preset(run_dir / "config.yaml")
+        run_folder = RunFolder.resolve(run, roots.runs)
+        adapter = adapters.from_run(run_folder, step, ema)
+        config = load_preset(run_folder.config_file)
     else:
         config = load_preset(MODEL_PRESETS[model or "7b"])
         adapter = from_file(lora) if lora else None
@@ -80,18 +79,8 @@ def infer(
         if adapter.format == "official":
             note("Official checkpoints do not store the LoRA scale: 1 is assumed, --lora-scale multiplies it.")
     plan = save_plan(settings, prompts, num_videos, seed)
-    processes = nproc or visible_gpus() or 1
-    if launched_by_torchrun() or processes == 1:  # under torchrun already: this process is one of the workers
-        try:
-            run_plan(plan, init_distributed())
-        finally:
-            close_distributed()
-    else:
-        code = run_torchrun(torchrun_command("cosmos_lora.infer.run", [str(plan)], processes))
-        if stopped_by_signal(code):
-            raise UserError("Stopped before every video was made.", "rerun the same command: finished videos are kept.")
-        if code != 0:
-            raise UserError("Inference failed in a worker; see the messages above.", "rerun the same command: finished videos are kept.")
+    outcome = launch("cosmos_lora.infer.run", [str(plan)], Launch(nproc or default_nproc()))
+    outcome.raise_unless_finished("every video was made", "rerun the same command: finished videos are kept.")
     result(str(settings.out_dir))
 
 

@@ -2,12 +2,15 @@
 
 Commands raise `UserError` for user mistakes; `guarded` turns it into one red line on stderr and
 its exit code: 1, or EXIT_STOPPED for `Stopped` (COSMOS_LORA_DEBUG=1 re-raises it with the traceback).
-A Ctrl-C that reaches a command is a `Stopped` too.
+A Ctrl-C or SIGTERM that reaches a command (one that did not handle it itself) is a `Stopped` too.
 """
 
+import contextlib
 import functools
 import json
 import os
+import signal
+import threading
 
 import typer
 from rich.console import Console
@@ -23,7 +26,8 @@ def guarded(command):
     def wrapper(*args, **kwargs):
         try:
             try:
-                return command(*args, **kwargs)
+                with _sigterm_as_ctrl_c():
+                    return command(*args, **kwargs)
             except KeyboardInterrupt:
                 raise Stopped("Stopped (Ctrl-C).", "rerun the same command: finished work is kept.") from None
         except UserError as error:
@@ -35,6 +39,19 @@ def guarded(command):
             raise typer.Exit(error.exit_code) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (Slurm's time limit, `kill`) stops a command as Ctrl-C does, unless someone handles it."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def result(text: str) -> None:

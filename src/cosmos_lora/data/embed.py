@@ -1,6 +1,6 @@
 """`cosmos-lora embed`: T5 caption embeddings (official pickles) and, optionally, the latent cache.
 
-One process per GPU (`launch_embed` starts them through torchrun; on a CPU machine one process).
+One process per GPU (`launch_embed` starts them through `distributed.launch`; on a CPU machine one process).
 Rank r of w takes clips[r::w] of the sorted clip list, so every clip is done exactly once and no
 process needs to talk to another until the end. Work is batched; a CUDA out-of-memory error
 halves the batch and retries it. Clips whose embedding (or latent) is current are skipped, so an
@@ -14,6 +14,7 @@ the rest carry on. Progress and ETA show on rank 0 (its shard is the same size a
 """
 
 import json
+import os
 import sys
 import tempfile
 from collections import deque
@@ -35,6 +36,7 @@ from cosmos_lora.errors import UserError
 from cosmos_lora.progress import progress_bar
 
 DECODE_THREADS = 4  # ffmpeg decodes in its own processes; threads only wait on them
+QUIET = "--quiet"  # a worker without progress bars
 
 
 @dataclass(frozen=True)
@@ -320,39 +322,37 @@ def finish_embed(job: EmbedJob, shards: list[EmbedSummary]) -> EmbedSummary:
 
 
 def launch_embed(job: EmbedJob, nproc: int, show_progress: bool = True) -> EmbedSummary:
-    """Runs the job in this process, or in `nproc` processes through torchrun (each writes its own summary)."""
-    from cosmos_lora.distributed import init_distributed, launched_by_torchrun, run_torchrun, stopped_by_signal, torchrun_command
+    """Runs the job in `nproc` processes (through torchrun; one runs in this process), each writing
+    its own summary; under the user's own torchrun, this rank's share only."""
+    from cosmos_lora.distributed import Launch, launch, launched_by_torchrun
 
     check_embed_job(job)
-    if launched_by_torchrun():  # started by the user's own torchrun: this rank's share only
-        dist_info = init_distributed(process_group=False)
-        summary = run_embed(job, dist_info, show_progress and dist_info.is_main)
-        return finish_embed(job, [summary]) if dist_info.world_size == 1 else summary
-    if nproc == 1:
-        return finish_embed(job, [run_embed(job, init_distributed(process_group=False), show_progress)])
     with tempfile.TemporaryDirectory(prefix="cosmos-lora-embed-") as folder:
         job_file = Path(folder) / "job.json"
         job_file.write_text(job.to_json(), encoding="utf-8")
-        code = run_torchrun(torchrun_command("cosmos_lora.data.embed", [str(job_file), folder], nproc))
-        shards = sorted(Path(folder).glob("summary.rank*.json"))
-        if stopped_by_signal(code):
-            raise UserError("Stopped before every clip was embedded.",
-                            "rerun the same command: finished embeddings and latents are kept.")
-        if code != 0 or len(shards) != nproc:
-            raise UserError(f"Embedding failed in a worker process (exit code {code}); see the messages above.",
-                            "fix what they name and rerun the same command: finished embeddings and latents are kept.")
-        return finish_embed(job, [EmbedSummary(**json.loads(p.read_text(encoding="utf-8"))) for p in shards])
+        outcome = launch("cosmos_lora.data.embed", [str(job_file), folder] + ([] if show_progress else [QUIET]),
+                         Launch(nproc))
+        outcome.raise_unless_finished("every clip was embedded",
+                                      "rerun the same command: finished embeddings and latents are kept.")
+        shards = [EmbedSummary(**json.loads(p.read_text(encoding="utf-8")))
+                  for p in sorted(Path(folder).glob("summary.rank*.json"))]
+    if launched_by_torchrun():  # the user's own torchrun: this rank's share only
+        return shards[0] if int(os.environ["WORLD_SIZE"]) > 1 else finish_embed(job, shards)
+    if len(shards) != nproc:
+        raise UserError(f"{nproc - len(shards)} of {nproc} embedding processes ended without a summary.",
+                        "rerun the same command: finished embeddings and latents are kept.")
+    return finish_embed(job, shards)
 
 
 def main(argv: list[str]) -> int:
-    """torchrun's entry: `python -m cosmos_lora.data.embed JOB.json FOLDER`; each process writes
+    """A worker: `python -m cosmos_lora.data.embed JOB.json FOLDER [--quiet]`; each process writes
     `FOLDER/summary.rank<r>.json`. The processes never talk to each other, so no process group."""
     from cosmos_lora.distributed import run_worker
 
     job = EmbedJob.from_json(Path(argv[0]).read_text(encoding="utf-8"))
 
     def work(dist_info) -> None:
-        summary = run_embed(job, dist_info)
+        summary = run_embed(job, dist_info, show_progress=QUIET not in argv)
         shard = Path(argv[1]) / f"summary.rank{dist_info.rank}.json"
         shard.write_text(json.dumps(asdict(summary)), encoding="utf-8")
 

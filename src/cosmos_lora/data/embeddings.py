@@ -22,7 +22,6 @@ whose record does not describe it (no record, or the pickle was rewritten by ano
 import hashlib
 import io
 import json
-import os
 import pickle
 import re
 from dataclasses import asdict, dataclass
@@ -32,8 +31,7 @@ import numpy as np
 import torch
 
 from cosmos_lora.errors import UserError
-from cosmos_lora.files import atomic_write
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import atomic_write, publishing
 
 # Protocol 4 is what the official scripts get from `pickle.dump` on Python >= 3.8: arrays pickle
 # through `_reconstruct` rather than protocol 5's out-of-band buffers.
@@ -92,15 +90,8 @@ def write_t5_embedding(path: Path, emb: np.ndarray) -> None:
     emb = np.asarray(emb)
     if emb.ndim != 2:
         raise ValueError(f"A T5 embedding is [n_tokens, D], got shape {emb.shape}.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            pickle.dump([np.ascontiguousarray(emb.astype(np.float16))], f, protocol=PICKLE_PROTOCOL)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with publishing(Path(path)) as tmp, open(tmp, "wb") as f:
+        pickle.dump([np.ascontiguousarray(emb.astype(np.float16))], f, protocol=PICKLE_PROTOCOL)
 
 
 def read_t5_embedding(path: Path, data: bytes | None = None) -> np.ndarray:

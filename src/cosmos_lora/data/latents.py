@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cosmos_lora.model.tokenizer import LATENT_CHANNELS, SPATIAL_COMPRESSION, latent_frames
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import atomic_write, publishing
 
 LATENTS_DIR = "latents"
 CACHE_INFO = "cache.json"
@@ -106,14 +106,9 @@ def _content_fingerprint(path: str, inode: int, size: int, mtime_ns: int, ctime_
 def write_latent(cache_dir: Path, clip: str, latent: torch.Tensor, fps: float, fingerprint: str) -> Path:
     """Stores float32 `[16, t, h, w]` with its key, fps and video fingerprint; temporary file, then rename."""
     path = latent_path(cache_dir, clip)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
     metadata = {"key": Path(cache_dir).name, "fps": repr(float(fps)), "video": fingerprint}
-    try:
+    with publishing(path) as tmp:
         save_file({TENSOR: latent.detach().to("cpu", torch.float32).contiguous()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -150,11 +145,7 @@ def load_latent(cache_dir: Path, clip: str, video: Path, shape: tuple[int, ...])
 
 
 def write_cache_info(cache_dir: Path, info: dict) -> None:
-    path = Path(cache_dir) / CACHE_INFO
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(Path(cache_dir) / CACHE_INFO, json.dumps(info, indent=1) + "\n")
 
 
 def cache_info(tokenizer_dir: Path, num_frames: int, height: int, width: int, pixel_chunk: int,

@@ -13,11 +13,10 @@ Every stage names these paths through `DatasetLayout` so they cannot drift apart
 """
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import publishing
 
 INDEX_COLUMNS = ["clip", "source", "start_frame", "start_time", "fps", "frames", "height", "width", "caption_source"]
 FAILED_COLUMNS = ["source", "reason"]
@@ -79,13 +78,7 @@ def update_index(layout: DatasetLayout, rows: list[dict]) -> None:
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     """Writes a CSV with a header row, through a temporary file so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with publishing(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)

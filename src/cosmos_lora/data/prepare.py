@@ -26,6 +26,7 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
@@ -398,9 +399,14 @@ class _Call:
         self.fn, self.kwargs = fn, kwargs
 
     def __call__(self, item):
+        global _worker_busy
         if _worker_stopping:  # a job queued before the stop: not started
             raise _WorkerStopped(EXIT_STOPPED)
-        return self.fn(item, **self.kwargs)
+        _worker_busy = True
+        try:
+            return self.fn(item, **self.kwargs)
+        finally:
+            _worker_busy = False
 
 
 def _map(pool: Executor | None, fn: Callable, items: list, task, progress, advance: Callable = lambda item: 1
@@ -450,17 +456,30 @@ class _WorkerStopped(SystemExit):
 
 
 _worker_stopping = False
+_worker_busy = False  # inside a job: a stop unwinds it; between jobs there is nothing to clean up
 
 
 def _worker_stop(signum, frame):
     global _worker_stopping
-    if not _worker_stopping:  # once: the parent and the terminal may both signal; a second would cut the cleanup short
-        _worker_stopping = True
-        raise _WorkerStopped(EXIT_STOPPED)
+    if _worker_stopping:  # once: the parent and the terminal may both signal; a second would cut the cleanup short
+        return
+    _worker_stopping = True
+    if not _worker_busy:
+        # idle (waiting for work, or in the pool's own machinery): an exception raised there would be printed
+        # as "Exception ignored" with a traceback, so leave at once
+        os._exit(EXIT_STOPPED)
+    raise _WorkerStopped(EXIT_STOPPED)
+
+
+def _ignore_stops_raised_in_finalizers(unraisable) -> None:
+    """A stop that lands in a finalizer (a lock release, a __del__) cannot unwind it: exit quietly after it."""
+    if not isinstance(unraisable.exc_value, _WorkerStopped):
+        sys.__unraisablehook__(unraisable)
 
 
 def _worker_started() -> None:
     logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)  # a stopped decoder is killed on purpose
+    sys.unraisablehook = _ignore_stops_raised_in_finalizers
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _worker_stop)
 

@@ -7,7 +7,6 @@ truncated clip behind, and that is removed on every other way out (`VideoWriter`
 """
 
 import contextlib
-import os
 import signal
 import subprocess
 import tempfile
@@ -22,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from cosmos_lora.errors import UserError
-from cosmos_lora.files import remove_quietly, temporary_sibling
+from cosmos_lora.files import publish, remove_quietly, temporary_sibling
 
 # x264 constant rate factor per quality name: lower is closer to the input and larger on disk.
 # "high" keeps a decode -> encode -> decode round trip within a few grey levels.
@@ -160,9 +159,7 @@ class VideoWriter:
             self._process.stdin.close()
             if self._process.wait() != 0:
                 raise RuntimeError(f"ffmpeg could not write {self.path}: {self._ffmpeg_error()}")
-            with open(self._tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(self._tmp, self.path)
+            publish(self._tmp, self.path)
             self._stderr.close()
         except BaseException:
             self.abort()

@@ -18,6 +18,7 @@ import torch
 
 from cosmos_lora.data.video import side_by_side, write_video
 from cosmos_lora.errors import UserError
+from cosmos_lora.files import atomic_write
 from cosmos_lora.infer.html import write_index
 from cosmos_lora.infer.prompts import STAGES, Job
 from cosmos_lora.model.adapter_files import Adapter, check_fits, from_file
@@ -27,7 +28,6 @@ from cosmos_lora.model.generation import VideoSettings, generate_video
 from cosmos_lora.model.network import BlockSettings, build_network
 from cosmos_lora.model.text_encoder import embed_texts
 from cosmos_lora.model.tokenizer import TOKENIZER_FILES, VideoTokenizer, latent_frames
-from cosmos_lora.paths import atomic_path
 from cosmos_lora.progress import progress_bar
 
 STAGE_LABELS = {"original": "original", "lora": "LoRA"}
@@ -248,9 +248,7 @@ def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarr
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = atomic_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, text)
 
 
 def finish(settings: InferSettings, jobs: list[Job]) -> Path | None:

@@ -29,7 +29,7 @@ from cosmos_lora.model.checkpoint import diffusers_to_official, official_to_diff
 from cosmos_lora.model.lora import (
     EXTRA_TARGETS, OFFICIAL_TARGETS, LoraSpec, block_ranges, check_official_targets, ours_to_official, spec_from_state,
 )
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import publishing
 
 KNOWN_TARGETS = OFFICIAL_TARGETS + tuple(t for group in EXTRA_TARGETS.values() for t in group)
 DIFFUSERS_PREFIXES = ("transformer.", "base_model.model.")
@@ -100,14 +100,8 @@ def to_comfyui(state: dict[str, torch.Tensor], spec: LoraSpec) -> dict[str, torc
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Atomic write (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
+    with publishing(Path(path)) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- what the official LoRA inference applies ------------------------------------------------------

@@ -31,7 +31,7 @@ from cosmos_lora.model.checkpoint import (
 )
 from cosmos_lora.model.dit import DIT_SIZES, size_from_state_dict
 from cosmos_lora.model.lora import LoraSpec
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import publishing
 
 _COPY_CHUNK = 64 << 20
 
@@ -151,19 +151,13 @@ def write_checkpoint(out: Path, base: BaseCheckpoint, plan: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     _check_space(out, base.path.stat().st_size)
     skeleton = _map(plan, lambda leaf: base.mapped[leaf] if isinstance(leaf, str) else torch.empty(leaf.shape, dtype=leaf.dtype))
-    tmp = atomic_path(out)
-    try:
+    with publishing(out) as tmp:
         with torch.serialization.skip_data():
             torch.save(skeleton, tmp)
         del skeleton
         holes = torch.load(tmp, map_location="meta", weights_only=True)
         with open(base.path, "rb") as src, open(tmp, "r+b") as dst:
             _fill(plan, holes, base, src, dst)
-            dst.flush()
-            os.fsync(dst.fileno())
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fill(plan: dict, holes: dict, base: BaseCheckpoint, src: BinaryIO, dst: BinaryIO) -> None:

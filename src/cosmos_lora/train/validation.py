@@ -27,12 +27,12 @@ import torch.distributed as dist
 from cosmos_lora.config import LazyDict
 from cosmos_lora.data.video import write_video
 from cosmos_lora.distributed import Distributed
+from cosmos_lora.files import atomic_write
 from cosmos_lora.model.generation import VideoSettings, generate_video
 from cosmos_lora.model.prompts import Prompt, named_prompts
 from cosmos_lora.model.text_encoder import embed_texts
 from cosmos_lora.model.tokenizer import VideoTokenizer
-from cosmos_lora.paths import atomic_path
-from cosmos_lora.train.checkpointer import step_name
+from cosmos_lora.run_folder import RunFolder, step_name
 
 # How long the other ranks wait for rank 0 (loading T5, sampling). They wait on a gloo group of
 # their own, so NCCL's 10-minute watchdog never sees the wait; if rank 0 dies, the wait ends at once.
@@ -48,7 +48,7 @@ class Validator:
         self.with_ema = bool(settings.ema and config.trainer.ema.enabled)  # no EMA is kept otherwise
         (height, width), self.fps = config.model.resolution, config.model.fps
         self.video = VideoSettings(config.model.num_frames, height, width, self.fps, settings.steps, settings.guidance)
-        self.out_dir = Path(config.job.run_dir) / "samples"
+        self.out_dir = RunFolder(config.job.run_dir).samples_dir
         self.group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT) if dist_info.enabled else None
         self.embeddings: dict[str, torch.Tensor] = {}
         if dist_info.is_main:
@@ -130,6 +130,4 @@ def _swapped_in(params: dict[str, torch.nn.Parameter], weights: dict[str, torch.
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = atomic_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, text)
