@@ -1,8 +1,6 @@
 """Which LoRA to generate with: a run's adapter (latest, or `--step`); files are read by
 `cosmos_lora.model.adapter_files`."""
 
-from pathlib import Path
-
 from cosmos_lora.errors import UserError
 from cosmos_lora.model.adapter_files import Adapter, from_file
 from cosmos_lora.run_folder import RunFolder

@@ -28,6 +28,7 @@ class BlockSettings:
 
     recompute_fraction: float = 0.0  # activation checkpointing of the first fraction of the blocks
     keep_self_attention: bool = True  # recomputed blocks keep their self-attention output
+    keep_attention_blocks: int | None = None  # only the first N recomputed blocks keep it (None: all)
     compile: bool = False  # regional torch.compile of the blocks; only ever on GPUs
     prefer_cudnn: bool = True  # cuDNN's fused attention on GPUs
 
@@ -72,6 +73,7 @@ def build_network(
     recomputed = configure_blocks(
         net, blocks.recompute_fraction, keep_self_attention=blocks.keep_self_attention,
         compile_blocks=blocks.compile and device.type == "cuda", prefer_cudnn=blocks.prefer_cudnn,
+        keep_attention_blocks=blocks.keep_attention_blocks,
     )
     return Network(net, logvar, spec, recomputed)
 

@@ -135,8 +135,11 @@ class Trainer:
         self.net, self.logvar, self.spec, self.recomputed_blocks = build_network(
             dit_path, self.device, self.dtype,
             lora=NewLora(lora.rank, lora.scale, lora.first_blocks, tuple(lora.extra_targets), seed=seed), fp8=m.fp8,
-            blocks=BlockSettings(recompute_fraction=m.activation_checkpointing, keep_self_attention=not m.recompute_attention,
-                                 compile=m.compile, prefer_cudnn=m.attention_backend == "cudnn"),
+            blocks=BlockSettings(
+                recompute_fraction=m.activation_checkpointing, keep_self_attention=not m.recompute_attention,
+                keep_attention_blocks=m.get("keep_attention_blocks"),  # runs saved before the key: None
+                compile=m.compile, prefer_cudnn=m.attention_backend == "cudnn",
+            ),
         )
         self.tokenizer = VideoTokenizer(checkpoints / m.tokenizer, self.device, self.dtype, m.pixel_chunk_duration)
         self.params = lora_parameters(self.net)
