@@ -22,15 +22,15 @@ from cosmos_lora.cli.app import app
 from cosmos_lora.config import load_preset, resolved, save_config
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.errors import UserError
-from cosmos_lora.infer import adapters
-from cosmos_lora.model.checkpoint import diffusers_to_official, load_official_dit
+from cosmos_lora.model import adapter_files
+from cosmos_lora.model.checkpoint import base_fingerprint, diffusers_to_official, load_official_dit
 from cosmos_lora.model.lora import (
     LoraSpec, OFFICIAL_TARGETS, add_lora, adapter_summary, from_official, load_lora_state, lora_state_dict,
     save_adapter, spec_for, to_official,
 )
 from cosmos_lora.model.lora_formats import to_official_inference
 from cosmos_lora.model.tiny import TINY_DIT
-from cosmos_lora.train.checkpointer import Checkpointer, base_fingerprint
+from cosmos_lora.train.checkpointer import Checkpointer
 
 STEP = 10
 LORA_DIR = "Cosmos-Predict1-7B-Text2World_post-trained-lora"
@@ -84,7 +84,7 @@ def adapted(base, spec: LoraSpec, state=None, seed: int = 0):
 
 def imported(base, path):
     """Our model with the adapter file read back through the importer `infer --lora` uses."""
-    adapter = adapters.from_file(path)
+    adapter = adapter_files.from_file(path)
     return adapted(base, adapter.spec, adapter.state)[0], adapter
 
 

@@ -25,11 +25,12 @@ from cosmos_lora.config import load_preset, resolved, save_config
 from cosmos_lora.data.video import probe_video, read_video
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.errors import EXIT_STOPPED
-from cosmos_lora.model import lora_formats
 from cosmos_lora.infer.pipeline import InferSettings, Text2WorldGenerator
-from cosmos_lora.infer.prompts import DEFAULT_NEGATIVE_PROMPT, Prompt, plan_jobs, shard
+from cosmos_lora.infer.prompts import plan_jobs, shard
+from cosmos_lora.model import lora_formats
 from cosmos_lora.model.checkpoint import load_official_dit
 from cosmos_lora.model.lora import LoraSpec, add_lora, lora_state_dict, save_adapter, spec_for
+from cosmos_lora.model.prompts import DEFAULT_NEGATIVE_PROMPT, Prompt
 from cosmos_lora.model.tiny import TINY_DIT, TINY_T5, TINY_TOKENIZER
 from cosmos_lora.train.checkpointer import Checkpointer
 

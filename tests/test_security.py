@@ -193,7 +193,7 @@ def test_a_crafted_embedding_pickle_runs_no_code(roots, tmp_path, protocol):
 
 def test_a_crafted_official_adapter_checkpoint_runs_no_code(tmp_path):
     """`infer --lora FILE.pt` / `merge -a FILE.pt`: official checkpoints are pickles; they are read weights-only."""
-    from cosmos_lora.infer.adapters import from_file
+    from cosmos_lora.model.adapter_files import from_file
 
     marker, adapter = tmp_path / "pwned", tmp_path / "lora.pt"
     torch.save({"net.blocks.0.lora": CreatesFile(marker)}, adapter)

@@ -22,7 +22,7 @@ APIS_SINCE = {
     "sdpa_kernel(set_priority=) (model/dit.py)": "2.6",
     "torch._scaled_mm rowwise scales (model/fp8.py)": "2.5",
     "init_process_group(device_id=) (distributed.py)": "2.3",
-    "torch.load(mmap=) (model/checkpoint.py, infer/adapters.py)": "2.1",
+    "torch.load(mmap=) (model/checkpoint.py, model/adapter_files.py)": "2.1",
 }
 
 

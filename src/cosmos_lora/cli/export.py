@@ -48,14 +48,14 @@ def export(
 def _export_official(adapter, checkpoints: Path, run, merge: bool, out: Path) -> None:
     """The run's base + the LoRA as a post-trained LoRA checkpoint, or merged; then the official command."""
     from cosmos_lora.config import load_preset
-    from cosmos_lora.infer import adapters
     from cosmos_lora.model import lora_formats
+    from cosmos_lora.model.adapter_files import check_fits
     from cosmos_lora.model.merge import BaseCheckpoint, WeightedLora, merge_checkpoint, write_official_lora
 
     base_path = checkpoints / load_preset(run.config_file).model.dit
     base = BaseCheckpoint.open(base_path)
     _check_same_base(adapter, base_path)
-    adapters.check_fits(adapter, base.weight_shapes(), base_path)
+    check_fits(adapter, base.weight_shapes(), base_path)
     size = base.official_model()
     if size == "14b" and not merge:  # text2world.py's --diffusion_transformer_dir offers a LoRA folder for 7B only
         raise UserError("The official code has LoRA inference for the 7B model only.", "add --merge: a merged 14B loads as a post-trained 14B.")
@@ -84,7 +84,7 @@ def _check_options(fmt: str, merge: bool, out: Path) -> None:
 def _check_same_base(adapter, base_path: Path) -> None:
     """An adapter of ours records the base it was trained on; exporting it with another base is refused."""
     from cosmos_lora.model.lora import read_adapter
-    from cosmos_lora.train.checkpointer import base_fingerprint
+    from cosmos_lora.model.checkpoint import base_fingerprint
 
     recorded = read_adapter(adapter.source)[2].get("base_fingerprint")
     if recorded and recorded != base_fingerprint(base_path):

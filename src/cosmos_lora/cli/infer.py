@@ -56,6 +56,7 @@ def infer(
     from cosmos_lora.infer.run import save_plan
     from cosmos_lora.model.parallel import choose_layout
     from cosmos_lora.run_folder import RunFolder
+    from cosmos_lora.model.adapter_files import from_file
 
     _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name, gpus_per_video)
     roots = ctx.obj
@@ -66,7 +67,7 @@ def infer(
         config = load_preset(run_folder.config_file)
     else:
         config = load_preset(MODEL_PRESETS[model or "7b"])
-        adapter = adapters.from_file(lora) if lora else None
+        adapter = from_file(lora) if lora else None
     m = config.model
     height, width = resolution or m.resolution
     settings = InferSettings(

@@ -19,8 +19,7 @@ def merge(
     copied file to file. The result loads wherever the base does (official inference as a
     post-trained model, `cosmos-lora infer`), with no LoRA support needed.
     """
-    from cosmos_lora.infer import adapters
-    from cosmos_lora.model import lora_formats
+    from cosmos_lora.model import adapter_files, lora_formats
     from cosmos_lora.model.merge import BaseCheckpoint, WeightedLora, merge_checkpoint
 
     if out.suffix != ".pt":
@@ -29,8 +28,8 @@ def merge(
     loras = []
     for item in adapter:
         path, weight = parse_adapter(item)
-        lora = adapters.from_file(path)
-        adapters.check_fits(lora, checkpoint.weight_shapes(), base)
+        lora = adapter_files.from_file(path)
+        adapter_files.check_fits(lora, checkpoint.weight_shapes(), base)
         note(f"LoRA x {weight:g}: {lora.summary()}")
         if lora.format == "official":
             note("  official files do not store their scale: 1 is assumed; the weight multiplies it.")

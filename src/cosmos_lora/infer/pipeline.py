@@ -17,26 +17,22 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from cosmos_lora.data.embeddings import pad_embedding
 from cosmos_lora.data.video import side_by_side, write_video
 from cosmos_lora.errors import UserError
 from cosmos_lora.files import atomic_write
-from cosmos_lora.infer.adapters import Adapter, check_fits, from_file
 from cosmos_lora.infer.html import write_index
 from cosmos_lora.infer.prompts import STAGES, Job
-from cosmos_lora.model.checkpoint import load_official_dit, read_official_checkpoint, split_official_state, unwrap_container
-from cosmos_lora.model.dit import DiTSize, configure_blocks, size_from_state_dict
-from cosmos_lora.model.edm import SIGMA_DATA
-from cosmos_lora.model.fp8 import use_fp8_linears
-from cosmos_lora.model.lora import LoraSpec, add_lora, load_lora_state
+from cosmos_lora.model.adapter_files import Adapter, check_fits, from_file
+from cosmos_lora.model.checkpoint import read_official_checkpoint, split_official_state, unwrap_container
+from cosmos_lora.model.dit import DiTSize, size_from_state_dict
+from cosmos_lora.model.generation import VideoSettings, generate_video
+from cosmos_lora.model.network import BlockSettings, build_network
+from cosmos_lora.model.text_encoder import embed_texts
+from cosmos_lora.model.tokenizer import TOKENIZER_FILES, VideoTokenizer, latent_frames
 from cosmos_lora.model.parallel import VideoGroups, cfg_split, parallelize
-from cosmos_lora.model.sampler import sample_latents
-from cosmos_lora.model.text_encoder import T5TextEncoder
-from cosmos_lora.model.tokenizer import TOKENIZER_FILES, VideoTokenizer, latent_frames, video_to_uint8
 from cosmos_lora.progress import progress_bar
 
 STAGE_LABELS = {"original": "original", "lora": "LoRA"}
-T5_BATCH = 16  # prompts per T5 forward, so a long prompts file is not one huge batch
 
 
 @dataclass
@@ -55,7 +51,7 @@ class InferSettings:
     frames: int = 121
     precision: str = "bf16"
     overwrite: bool = False
-    adapter_file: Path | None = None  # any file `adapters.from_file` reads
+    adapter_file: Path | None = None  # any file `adapter_files.from_file` reads
     official_lora_scale: float | None = None  # official files do not store their scale
     lora_scale: float = 1.0  # multiplies the adapter's trained scale
     attention_backend: str = "cudnn"  # cudnn: fused cuDNN attention on GPUs; default: torch's choice
@@ -66,6 +62,10 @@ class InferSettings:
     cfg_parallel: bool = True  # with an even gpus_per_video: the two CFG branches on two halves of them
     save_latents: bool = False  # also write seed_<k>.latents.safetensors (the sampled latents, float32)
     extra_meta: dict = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -169,33 +169,18 @@ class Text2WorldGenerator:
 
     def __init__(self, settings: InferSettings, device: torch.device, groups: VideoGroups | None = None):
         self.settings, self.device, self.groups = settings, device, groups
-        self.dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float32
-        self.net, _ = load_official_dit(settings.dit, device=device, dtype=self.dtype)
-        self.net.eval()
-        configure_blocks(
-            self.net, compile_blocks=settings.compile and device.type == "cuda",
-            prefer_cudnn=settings.attention_backend == "cudnn",
-        )
+        self.dtype = settings.dtype
         self.adapter = None
         if settings.adapter_file is not None and "lora" in STAGES[settings.stages]:
             self.adapter = from_file(settings.adapter_file, settings.official_lora_scale)
-            self._attach(self.adapter)
-        if settings.fp8:
-            use_fp8_linears(self.net)  # after the LoRA: it wraps the FP8 base like the bf16 one
-        parallelize(self.net, groups)
+        self.net = build_network(
+            settings.dit, device, self.dtype, lora=self.adapter.scaled(settings.lora_scale) if self.adapter else None,
+            fp8=settings.fp8, blocks=BlockSettings(compile=settings.compile, prefer_cudnn=settings.attention_backend == "cudnn"),
+        ).net.eval()
+        parallelize(self.net, groups)  # last: it splits the tokens of the network as assembled
         home = "cpu" if settings.offload else device
         self.tokenizer = VideoTokenizer(settings.tokenizer, home, self.dtype, settings.pixel_chunk_duration)
-
-    def _attach(self, adapter: Adapter) -> None:
-        """LoRA layers built from the adapter's own spec, its scale times --lora-scale, then its weights."""
-        check_fits(adapter, {k: v.shape for k, v in self.net.state_dict().items()}, self.settings.dit)
-        spec = adapter.spec
-        add_lora(self.net, LoraSpec(spec.rank, spec.scale * self.settings.lora_scale, spec.blocks, spec.targets))
-        load_lora_state(self.net, adapter.state)
-        for name, param in self.net.named_parameters():
-            if ".lora_" in name:
-                param.data = param.data.to(self.dtype)
-                param.requires_grad_(False)
+        self.video = VideoSettings(settings.frames, settings.height, settings.width, settings.fps, settings.steps, settings.guidance)
 
     def set_stage(self, stage: str) -> None:
         if self.adapter is None:
@@ -211,28 +196,15 @@ class Text2WorldGenerator:
                  on_step=None) -> tuple[np.ndarray | None, torch.Tensor, dict]:
         """uint8 `[T, H, W, 3]` frames (None where another process writes them), the latents, and where
         the time went (sampling, decoding, peak GPU memory)."""
-        s = self.settings
-        shape = (1, 16, latent_frames(s.frames), s.height // 8, s.width // 8)
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
-        cond = {"crossattn_emb": text.to(self.device, self.dtype)[None], "fps": float(s.fps)}
-        uncond = {**cond, "crossattn_emb": negative.to(self.device, self.dtype)[None]}
-        started = time.perf_counter()
-        latents = sample_latents(self.net, noise, cond, uncond, s.steps, s.guidance, on_step=on_step, cfg=cfg_split(self.groups))
-        sampled = time.perf_counter()
+        frames, latents, timings = generate_video(
+            self.net, self.tokenizer, text, negative, seed, self.video, self.device, self.dtype,
+            on_step=on_step, decoding=self._decoding_phase, cfg=cfg_split(self.groups), decode=self.writes,
+        )
         if not self.writes:
-            return None, latents, {}
-        with self._decoding_phase():
-            video = self.tokenizer.decode((latents / SIGMA_DATA).to(self.dtype))
-            frames = video_to_uint8(video[0]).numpy()  # the copy to the host waits for the GPU
-        timings = {
-            "sample_seconds": round(sampled - started, 3),
-            "seconds_per_step": round((sampled - started) / s.steps, 4),
-            "decode_seconds": round(time.perf_counter() - sampled, 3),
-        }
+            return None, latents, timings
         if self.device.type == "cuda":
             timings["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 1e9, 2)
         return frames, latents, timings
-
 
     @contextlib.contextmanager
     def _decoding_phase(self):
@@ -253,19 +225,8 @@ class Text2WorldGenerator:
 
 def embed_prompts(settings: InferSettings, jobs: list[Job], device: torch.device) -> dict[str, torch.Tensor]:
     """Every distinct prompt and negative prompt through T5 once; T5 is freed afterwards."""
-    texts = sorted({j.prompt.text for j in jobs} | {j.prompt.negative for j in jobs})
-    if not texts:
-        return {}
-    dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float32
-    encoder = T5TextEncoder(settings.text_encoder, device, dtype)
-    embeddings = {}
-    for start in range(0, len(texts), T5_BATCH):
-        batch = texts[start : start + T5_BATCH]
-        embeddings.update({text: pad_embedding(emb)[0] for text, emb in zip(batch, encoder.encode(batch))})
-    del encoder
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return embeddings
+    texts = {j.prompt.text for j in jobs} | {j.prompt.negative for j in jobs}
+    return embed_texts(settings.text_encoder, texts, device, settings.dtype)
 
 
 def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, show_progress: bool = True,

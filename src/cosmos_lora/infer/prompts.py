@@ -11,36 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cosmos_lora.errors import UserError
+from cosmos_lora.model.prompts import DEFAULT_NEGATIVE_PROMPT, Prompt, named_prompts
 
-# The official text2world default negative prompt (cosmos-predict1).
-DEFAULT_NEGATIVE_PROMPT = (
-    "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, "
-    "over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, "
-    "underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, jerky "
-    "movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, "
-    "fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. "
-    "Overall, the video is of poor quality."
-)
 STAGES = {"original": ("original",), "lora": ("lora",), "both": ("original", "lora")}
-
-
-@dataclass(frozen=True)
-class Prompt:
-    text: str
-    name: str
-    negative: str = DEFAULT_NEGATIVE_PROMPT
-    seed: int | None = None
 
 
 @dataclass(frozen=True)
 class Job:
     prompt: Prompt
     seed: int
-
-
-def slugify(text: str, max_len: int = 60) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:max_len].rstrip("-") or "prompt"
 
 
 def read_prompts(texts: list[str], file: Path | None, negative: str | None) -> list[Prompt]:
@@ -51,15 +30,7 @@ def read_prompts(texts: list[str], file: Path | None, negative: str | None) -> l
     entries = [{"prompt": t} for t in texts] + (_read_file(Path(file)) if file else [])
     if not entries:
         raise UserError("No prompts given.", "pass --prompt TEXT (repeatable) or --prompts-file FILE.")
-    prompts, used = [], set()
-    for entry in entries:
-        name = entry.get("name") or slugify(entry["prompt"])
-        unique, n = name, 2
-        while unique in used:
-            unique, n = f"{name}-{n}", n + 1
-        used.add(unique)
-        prompts.append(Prompt(entry["prompt"], unique, entry.get("negative_prompt", negative), entry.get("seed")))
-    return prompts
+    return named_prompts(entries, negative)
 
 
 JSONL_FIELDS = {"prompt": str, "negative_prompt": str, "seed": int, "name": str}

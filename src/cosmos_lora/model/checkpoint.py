@@ -6,6 +6,7 @@ Post-trained checkpoints nest it as `{"model": ..., "ema": ...}` and add LoRA ke
 (`...attn.to_q_lora.net.0.weight`); those are read by `cosmos_lora.model.lora`.
 """
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -72,6 +73,17 @@ def diffusers_to_official(key: str) -> str:
     if official is None:
         raise KeyError(f"{key} has no official name")
     return "net." + official
+
+
+def base_fingerprint(path: Path, sample_bytes: int = 1 << 24) -> str:
+    """sha256 of the base checkpoint's size, head and tail: cheap on 14 GB, catches a different base."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(sample_bytes))
+        f.seek(max(0, size - sample_bytes))
+        digest.update(f.read(sample_bytes))
+    return digest.hexdigest()[:16]
 
 
 def unwrap_container(checkpoint: dict) -> dict[str, torch.Tensor]:

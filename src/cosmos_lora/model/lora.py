@@ -94,6 +94,12 @@ def lora_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
 
+def file_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors named as `lora_parameters` names them (`...to_q.lora_A.default.weight`, peft's adapter
+    name inside) under the adapter file's names (`...to_q.lora_A.weight`)."""
+    return {k.replace(f".{ADAPTER_NAME}.", "."): v for k, v in state.items()}
+
+
 def load_lora_state(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     expected = set(lora_state_dict(net))
     if set(state) != expected:

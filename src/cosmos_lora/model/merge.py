@@ -81,7 +81,7 @@ class BaseCheckpoint:
         return cls(path, meta, mapped)
 
     def weight_shapes(self) -> dict[str, torch.Size]:
-        """The network's weights under diffusers names (for `infer.adapters.check_fits`)."""
+        """The network's weights under diffusers names (for `adapter_files.check_fits`)."""
         network, _, _, _ = split_official_state(self.meta)
         return {k: v.shape for k, v in network.items()}
 

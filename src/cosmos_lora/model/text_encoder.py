@@ -12,9 +12,11 @@ import torch
 from transformers import AutoTokenizer, T5EncoderModel
 from transformers.utils import logging as transformers_logging
 
+from cosmos_lora.data.embeddings import pad_embedding
 from cosmos_lora.errors import UserError
 
 MAX_TEXT_TOKENS = 512
+T5_BATCH = 16  # prompts per T5 forward, so a long prompts file is not one huge batch
 
 
 class T5TextEncoder:
@@ -39,3 +41,21 @@ class T5TextEncoder:
         hidden = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
         lengths = batch.attention_mask.sum(dim=1).tolist()
         return [hidden[i, :n].float().cpu().numpy() for i, n in enumerate(lengths)]
+
+
+def embed_texts(folder: Path, texts, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every distinct text through T5 once (on `device`), as a float32 `[512, D]` CPU tensor.
+
+    T5 is freed afterwards: the 11B encoder never stays beside the DiT."""
+    texts = sorted(set(texts))
+    if not texts:
+        return {}
+    encoder = T5TextEncoder(folder, device, dtype)
+    embeddings = {}
+    for start in range(0, len(texts), T5_BATCH):
+        batch = texts[start : start + T5_BATCH]
+        embeddings.update({text: pad_embedding(emb)[0] for text, emb in zip(batch, encoder.encode(batch))})
+    del encoder
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    return embeddings

@@ -12,7 +12,6 @@ Adapters are kept at every save (a few MB); only the last `keep_states` states a
 States are JSON and safetensors (see `state_files`): resuming a run folder from elsewhere runs no code.
 """
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -24,17 +23,6 @@ from cosmos_lora.files import atomic_write
 from cosmos_lora.model.lora import LoraSpec, save_adapter
 from cosmos_lora.run_folder import RunFolder, step_name
 from cosmos_lora.train.state_files import load_state, save_state
-
-
-def base_fingerprint(path: Path, sample_bytes: int = 1 << 24) -> str:
-    """sha256 of the base checkpoint's size, head and tail: cheap on 14 GB, catches a different base."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        digest.update(f.read(sample_bytes))
-        f.seek(max(0, size - sample_bytes))
-        digest.update(f.read(sample_bytes))
-    return digest.hexdigest()[:16]
 
 
 def _barrier(dist_info: Distributed) -> None:

@@ -19,15 +19,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 
 from cosmos_lora.config import LazyDict, instantiate
 from cosmos_lora.errors import UserError
-from cosmos_lora.model.checkpoint import load_official_dit
-from cosmos_lora.model.dit import configure_blocks
+from cosmos_lora.model.checkpoint import base_fingerprint
 from cosmos_lora.model.edm import SIGMA_DATA, sample_training_sigma, training_loss
-from cosmos_lora.model.fp8 import use_fp8_linears
-from cosmos_lora.model.lora import add_lora, adapter_summary, lora_parameters, lora_state_dict, spec_for
+from cosmos_lora.model.lora import adapter_summary, file_names, lora_parameters, lora_state_dict
+from cosmos_lora.model.network import BlockSettings, NewLora, build_network
 from cosmos_lora.model.tokenizer import VideoTokenizer
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.run_folder import RunFolder
-from cosmos_lora.train.checkpointer import Checkpointer, base_fingerprint
+from cosmos_lora.train.checkpointer import Checkpointer
 from cosmos_lora.train.ema import PowerEMA
 from cosmos_lora.train.metrics import MetricsLogger
 from cosmos_lora.train.status import write_status
@@ -132,21 +131,17 @@ class Trainer:
         # model: frozen base in the run's precision, fp32 LoRA on top
         checkpoints = Path(config.model.checkpoints_dir)
         dit_path = checkpoints / config.model.dit
-        self.net, self.logvar = load_official_dit(dit_path, device=self.device, dtype=self.dtype)
-        self.tokenizer = VideoTokenizer(
-            checkpoints / config.model.tokenizer, self.device, self.dtype, config.model.pixel_chunk_duration
+        m, lora = config.model, config.model.lora
+        self.net, self.logvar, self.spec, self.recomputed_blocks = build_network(
+            dit_path, self.device, self.dtype,
+            lora=NewLora(lora.rank, lora.scale, lora.first_blocks, tuple(lora.extra_targets), seed=seed), fp8=m.fp8,
+            blocks=BlockSettings(
+                recompute_fraction=m.activation_checkpointing, keep_self_attention=not m.recompute_attention,
+                keep_attention_blocks=m.get("keep_attention_blocks"),  # runs saved before the key: None
+                compile=m.compile, prefer_cudnn=m.attention_backend == "cudnn",
+            ),
         )
-        lora = config.model.lora
-        self.spec = spec_for(len(self.net.transformer_blocks), lora.rank, lora.scale, lora.first_blocks, tuple(lora.extra_targets))
-        add_lora(self.net, self.spec, seed=seed)
-        if config.model.fp8:
-            use_fp8_linears(self.net)
-        self.recomputed_blocks = configure_blocks(
-            self.net, config.model.activation_checkpointing, keep_self_attention=not config.model.recompute_attention,
-            compile_blocks=config.model.compile and self.device.type == "cuda",
-            prefer_cudnn=config.model.attention_backend == "cudnn",
-            keep_attention_blocks=config.model.get("keep_attention_blocks"),  # runs saved before the key: None
-        )
+        self.tokenizer = VideoTokenizer(checkpoints / m.tokenizer, self.device, self.dtype, m.pixel_chunk_duration)
         self.params = lora_parameters(self.net)
         self.model = (
             # buffers (the FP8 weights) are the same constants on every rank: no broadcast before each forward
@@ -258,7 +253,6 @@ class Trainer:
     # -- saving and resuming ----------------------------------------------------------------------
 
     def save(self) -> None:
-        to_adapter = lambda state: {k.replace(".default.", "."): v for k, v in state.items()}  # noqa: E731
         train_state = {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "lora": {k: v.detach().cpu() for k, v in self.params.items()},
@@ -270,7 +264,7 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         self.checkpointer.save(
-            self.step, lora_state_dict(self.net), to_adapter(self.ema.state_dict()) if self.ema else None, train_state, rng
+            self.step, lora_state_dict(self.net), file_names(self.ema.state_dict()) if self.ema else None, train_state, rng
         )
 
     def _resume(self) -> None:

@@ -27,12 +27,11 @@ import torch.distributed as dist
 from cosmos_lora.config import LazyDict
 from cosmos_lora.data.video import write_video
 from cosmos_lora.distributed import Distributed
-from cosmos_lora.infer.pipeline import InferSettings, embed_prompts
-from cosmos_lora.infer.prompts import DEFAULT_NEGATIVE_PROMPT, Job, Prompt, read_prompts
-from cosmos_lora.model.edm import SIGMA_DATA
-from cosmos_lora.model.sampler import sample_latents
-from cosmos_lora.model.tokenizer import LATENT_CHANNELS, VideoTokenizer, latent_frames, video_to_uint8
 from cosmos_lora.files import atomic_write
+from cosmos_lora.model.generation import VideoSettings, generate_video
+from cosmos_lora.model.prompts import Prompt, named_prompts
+from cosmos_lora.model.text_encoder import embed_texts
+from cosmos_lora.model.tokenizer import VideoTokenizer
 from cosmos_lora.run_folder import RunFolder, step_name
 
 # How long the other ranks wait for rank 0 (loading T5, sampling). They wait on a gloo group of
@@ -44,26 +43,20 @@ class Validator:
     def __init__(self, config: LazyDict, dist_info: Distributed, dtype: torch.dtype):
         settings = config.trainer.validation
         self.every, self.dist, self.device, self.dtype = config.trainer.validate_every, dist_info, dist_info.device, dtype
-        self.prompts: list[Prompt] = read_prompts(list(settings.prompts), None, DEFAULT_NEGATIVE_PROMPT)  # unique names
-        self.seeds, self.steps, self.guidance = [int(s) for s in settings.seeds], settings.steps, settings.guidance
+        self.prompts: list[Prompt] = named_prompts([{"prompt": text} for text in settings.prompts])  # unique names
+        self.seeds = [int(s) for s in settings.seeds]
         self.with_ema = bool(settings.ema and config.trainer.ema.enabled)  # no EMA is kept otherwise
-        self.frames, (self.height, self.width), self.fps = config.model.num_frames, config.model.resolution, config.model.fps
+        (height, width), self.fps = config.model.resolution, config.model.fps
+        self.video = VideoSettings(config.model.num_frames, height, width, self.fps, settings.steps, settings.guidance)
         self.out_dir = RunFolder(config.job.run_dir).samples_dir
         self.group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT) if dist_info.enabled else None
         self.embeddings: dict[str, torch.Tensor] = {}
         if dist_info.is_main:
             text_encoder = Path(config.model.checkpoints_dir) / config.model.text_encoder
+            texts = [p.text for p in self.prompts] + [p.negative for p in self.prompts]
             with _rng_untouched(self.device):
-                self.embeddings = self._embed(text_encoder, config.model.precision)
+                self.embeddings = embed_texts(text_encoder, texts, self.device, dtype)  # [512, D] float32, a few MB
         self._wait()
-
-    def _embed(self, text_encoder: Path, precision: str) -> dict[str, torch.Tensor]:
-        """Every prompt and the negative prompt through T5 once (infer's `embed_prompts`, which frees T5)."""
-        settings = InferSettings(
-            out_dir=self.out_dir, dit=Path(), tokenizer=Path(), text_encoder=text_encoder, precision=precision
-        )  # embed_prompts reads only the text encoder and the precision
-        embeddings = embed_prompts(settings, [Job(p, 0) for p in self.prompts], self.device)
-        return {text: emb.cpu() for text, emb in embeddings.items()}  # [512, D] float32, a few MB
 
     def due(self, step: int) -> bool:
         return step % self.every == 0
@@ -104,17 +97,10 @@ class Validator:
 
     @torch.no_grad()
     def sample(self, net: torch.nn.Module, tokenizer: VideoTokenizer, prompt: Prompt, seed: int) -> np.ndarray:
-        """uint8 `[T, H, W, 3]` frames for one prompt and seed, as `cosmos-lora infer` makes them."""
-        shape = (1, LATENT_CHANNELS, latent_frames(self.frames), self.height // 8, self.width // 8)
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        """uint8 `[T, H, W, 3]` frames for one prompt and seed, as `cosmos-lora infer` makes them (under
+        autocast, as in training: bf16 base, fp32 LoRA weights)."""
         text, negative = self.embeddings[prompt.text], self.embeddings[prompt.negative]
-        cond = {"crossattn_emb": text.to(self.device, self.dtype)[None], "fps": float(self.fps)}
-        uncond = {**cond, "crossattn_emb": negative.to(self.device, self.dtype)[None]}
-        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
-        with autocast:  # as in training: bf16 base, fp32 LoRA weights
-            latents = sample_latents(net, noise, cond, uncond, self.steps, self.guidance)
-        video = tokenizer.decode((latents / SIGMA_DATA).to(self.dtype))
-        return video_to_uint8(video[0]).numpy()
+        return generate_video(net, tokenizer, text, negative, seed, self.video, self.device, self.dtype, autocast=True)[0]
 
     def _wait(self) -> None:
         if self.group is not None:
