@@ -25,12 +25,16 @@ def export(
     official LoRA post-training saves it, or with --merge the LoRA merged into the weights. It prints
     the official text2world.py command that uses it.
     """
+    from cosmos_lora.config import load_preset
+    from cosmos_lora.files import check_not_an_input
     from cosmos_lora.infer import adapters
     from cosmos_lora.model import lora_formats
 
     _check_options(fmt, merge, out)
     run_dir = adapters.resolve_run(run, ctx.obj.outputs / "runs")
     adapter = adapters.from_run(run_dir, step, ema)
+    base = ctx.obj.checkpoints / load_preset(run_dir / "config.yaml").model.dit
+    check_not_an_input(out, {"adapter": adapter.source, "base checkpoint": base}, inside=run_dir)
     note(f"Adapter: {adapter.summary()}")
     provenance = {"cosmos_lora_run": run_dir.name, "cosmos_lora_adapter": adapter.source.name}
     if fmt == "comfyui":

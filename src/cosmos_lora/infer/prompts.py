@@ -5,6 +5,7 @@
 requested stage from the same initial noise, so the comparison isolates the LoRA.
 """
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -43,6 +44,12 @@ def slugify(text: str, max_len: int = 60) -> str:
     return slug[:max_len].rstrip("-") or "prompt"
 
 
+def prompt_folder(text: str) -> str:
+    """The folder a prompt's videos go to: readable (its slug) and its own (a hash of the whole text), so
+    prompts that differ after 60 characters, in case or punctuation, or only in non-ASCII letters never share one."""
+    return f"{slugify(text)}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
+
+
 def read_prompts(texts: list[str], file: Path | None, negative: str | None) -> list[Prompt]:
     """Prompts from `--prompt` options and a prompts file, with unique names."""
     negative = negative if negative is not None else DEFAULT_NEGATIVE_PROMPT
@@ -53,7 +60,7 @@ def read_prompts(texts: list[str], file: Path | None, negative: str | None) -> l
         raise UserError("No prompts given.", "pass --prompt TEXT (repeatable) or --prompts-file FILE.")
     prompts, used = [], set()
     for entry in entries:
-        name = entry.get("name") or slugify(entry["prompt"])
+        name = entry.get("name") or prompt_folder(entry["prompt"])
         unique, n = name, 2
         while unique in used:
             unique, n = f"{name}-{n}", n + 1

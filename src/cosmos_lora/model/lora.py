@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cosmos_lora.errors import UserError
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import publishing
 
 OFFICIAL_TARGETS = ("attn1.to_q", "attn1.to_v", "attn2.to_q", "attn2.to_v")
 EXTRA_TARGETS = {
@@ -108,13 +108,10 @@ def load_lora_state(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
 
 
 def save_adapter(path: Path, state: dict[str, torch.Tensor], spec: LoraSpec, extra_metadata: dict | None = None) -> None:
-    """Atomic write of one adapter file (tensors in fp32, spec in the metadata)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """One adapter file (tensors in fp32, spec in the metadata), published through `cosmos_lora.files`."""
     metadata = spec.to_metadata() | {k: str(v) for k, v in (extra_metadata or {}).items()}
-    tmp = atomic_path(path)
-    save_file({k: v.float().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with publishing(path) as tmp:
+        save_file({k: v.float().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
 
 
 def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], LoraSpec, dict[str, str]]:
