@@ -11,12 +11,25 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_DATASET = "demo/shapes"
 
 
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def _fixtures(variable: str, folder: str) -> Path:
+    path = Path(os.environ.get(variable, FIXTURES / folder))
+    assert path.is_dir(), f"fixtures not found at {path}; set {variable}"
+    return path
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """The official reference tensors: ../shared/fixtures/cosmos_predict1, or COSMOS_LORA_FIXTURES."""
-    path = Path(os.environ.get("COSMOS_LORA_FIXTURES", REPO.parent / "shared" / "fixtures" / "cosmos_predict1"))
-    assert path.is_dir(), f"fixtures not found at {path}; set COSMOS_LORA_FIXTURES"
-    return path
+    """The official Text2World reference tensors: tests/fixtures/cosmos_predict1, or COSMOS_LORA_FIXTURES."""
+    return _fixtures("COSMOS_LORA_FIXTURES", "cosmos_predict1")
+
+
+@pytest.fixture(scope="session")
+def v2w_fixtures_dir() -> Path:
+    """The official Video2World reference tensors: tests/fixtures/cosmos_predict1_v2w, or COSMOS_LORA_FIXTURES_V2W."""
+    return _fixtures("COSMOS_LORA_FIXTURES_V2W", "cosmos_predict1_v2w")
 
 
 @pytest.fixture(scope="session")

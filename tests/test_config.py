@@ -5,10 +5,12 @@ import torch
 from omegaconf import OmegaConf
 
 from cosmos_lora.config import L, apply_overrides, instantiate, load_preset
+from cosmos_lora.config.build import build_experiment
+from cosmos_lora.config.run_name import format_lr, run_name
+from cosmos_lora.distributed import Launch
 from cosmos_lora.errors import UserError
 from cosmos_lora.paths import Roots, check_dataset_name
-from cosmos_lora.train.launch import Launch, build_experiment, prepare_run_dir
-from cosmos_lora.train.run_name import format_lr, run_name
+from cosmos_lora.train.launch import prepare_run_dir
 
 
 def test_lazy_call_builds_later_and_stays_editable():

@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from typer.testing import CliRunner
+
+from cosmos_lora.cli.app import app
 
 from cosmos_lora.data.dataset import VideoTextDataset, check_dataset, require_valid_dataset
 from cosmos_lora.data.embeddings import write_t5_embedding
@@ -13,6 +16,7 @@ from cosmos_lora.data.video import read_video, resize_cover_crop, write_video
 from cosmos_lora.errors import UserError
 
 DIM = 32
+TINY_DATASET = "demo/shapes"  # the tiny_world fixture's dataset (conftest.py)
 
 
 def embedded_dataset(root, num_clips=3, num_frames=20, height=64, width=96, fps=24):
@@ -187,3 +191,55 @@ def test_synthetic_dataset_is_deterministic_for_a_seed(tmp_path):
     for a, b in zip(first, second):
         np.testing.assert_array_equal(read_video(a)[0], read_video(b)[0])
     assert len(other) == 3
+
+
+# ---------------------------------------------------------------- through the CLI, on the tiny world
+
+
+def embed_with(text_encoder):
+    return CliRunner().invoke(app, ["embed", "--dataset", TINY_DATASET, "--text-encoder", str(text_encoder)])
+
+
+def train_one_step():
+    """A real training command: the dataset check stops a bad dataset before the run folder is written."""
+    return CliRunner().invoke(app, ["posttrain", "--model", "tiny", "--dataset", TINY_DATASET, "--nproc", "1",
+                                    "--max-iter", "1", "--name", "check"])
+
+
+def test_a_caption_that_is_not_utf8_is_skipped_by_embed_and_refused_before_training(cli_env):
+    from cosmos_lora.model.tiny import TINY_T5
+
+    layout = DatasetLayout(cli_env.dataset(TINY_DATASET))
+    caption = layout.caption(layout.clips()[3])
+    caption.write_bytes("un carré rouge".encode("latin-1"))  # a caption saved by an old Windows tool
+
+    embedded = embed_with(cli_env.checkpoints / TINY_T5)
+    assert embedded.exit_code == 0, embedded.output
+    assert f"not embedded: {caption}: caption is not UTF-8 text (byte 7)." in embedded.stderr
+    assert "0 caption(s) embedded, 7 already done." in embedded.stderr
+
+    refused = train_one_step()
+    assert refused.exit_code == 1 and "1 problem(s)" in refused.stderr
+    assert f"{caption}: caption is not UTF-8 text (byte 7)." in refused.stderr
+    assert not (cli_env.outputs / "runs" / "check").exists()
+
+
+def test_embeddings_of_another_width_than_the_model_are_all_listed_before_training(cli_env):
+    from cosmos_lora.model.tiny import TINY_TEXT_DIM, write_tiny_t5
+
+    layout = DatasetLayout(cli_env.dataset(TINY_DATASET))
+    clips = layout.clips()
+    t5_11b = cli_env.outputs / "t5-1024"
+    write_tiny_t5(t5_11b, d_model=1024)  # T5-11B's width; the tiny DiT takes TINY_TEXT_DIM
+    assert embed_with(t5_11b).exit_code == 0
+    write_t5_embedding(layout.embedding(clips[0]), np.ones((4, 512)))  # from a T5 of yet another width
+    layout.caption(clips[5]).write_bytes(b"\xff a caption")
+
+    refused = train_one_step()
+    assert refused.exit_code == 1
+    assert "9 problem(s)" in refused.stderr  # 8 embeddings + 1 caption, in one message
+    assert f"{layout.embedding(clips[0])}: embedding width D=512, the model takes D={TINY_TEXT_DIM}" in refused.stderr
+    for clip in clips[1:]:
+        assert f"{layout.embedding(clip)}: embedding width D=1024, the model takes D={TINY_TEXT_DIM}" in refused.stderr
+    assert f"{layout.caption(clips[5])}: caption is not UTF-8 text (byte 0)." in refused.stderr
+    assert not (cli_env.outputs / "runs" / "check").exists()

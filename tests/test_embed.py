@@ -119,3 +119,101 @@ def test_two_torchrun_processes_embed_each_clip_once_like_one_process(roots):
         torch.testing.assert_close(two_latents[name][0], latent, rtol=0, atol=0)
         assert two_latents[name][1] == metadata
     assert (cache / "cache.json").is_file()
+
+
+# ---------------------------------------------------------------- embeddings tied to their caption and encoder
+
+
+def run_embed(roots, text_encoder=None):
+    return CliRunner().invoke(app, ["embed", "--dataset", TINY_DATASET, "--text-encoder",
+                                    str(text_encoder or roots.checkpoints / TINY_T5)])
+
+
+def train_one_step(name="check"):
+    """A real training command; the dataset check refuses a bad dataset before anything is written."""
+    return CliRunner().invoke(app, ["posttrain", "--model", "tiny", "--dataset", TINY_DATASET, "--nproc", "1",
+                                    "--max-iter", "1", "--name", name])
+
+
+def dataset_check_passes(roots):
+    """What `posttrain` runs before it writes the run folder (check_inputs), for a dataset that passes."""
+    from cosmos_lora.config.build import build_experiment
+    from cosmos_lora.distributed import Launch
+    from cosmos_lora.train.checks import check_inputs
+
+    check_inputs(build_experiment("tiny_lora", roots, TINY_DATASET, {}, [], "check", Launch(1)))
+    return True
+
+
+def test_a_changed_caption_is_embedded_again_and_training_refuses_it_until_then(cli_env, capsys):
+    from cosmos_lora.model.text_encoder import T5TextEncoder
+
+    layout = DatasetLayout(cli_env.dataset(TINY_DATASET))
+    clips = layout.clips()
+    new_caption = "a green square moves from top to bottom on a white background"
+    layout.caption(clips[2]).write_text(new_caption + "\n")  # as a rerun of prepare would
+
+    refused = train_one_step()
+    assert refused.exit_code == 1
+    assert (f"{layout.caption(clips[2])}: caption changed since its embedding {layout.embedding(clips[2])} was made."
+            in refused.stderr)
+    assert "1 problem(s)" in refused.stderr and f"cosmos-lora embed --dataset {TINY_DATASET}" in refused.stderr
+    assert not (cli_env.outputs / "runs" / "check").exists()
+
+    result = run_embed(cli_env)
+    assert result.exit_code == 0, result.output
+    assert "1 caption(s) embedded (1 whose caption or text encoder changed), 7 already done." in result.stderr
+    expected = T5TextEncoder(cli_env.checkpoints / TINY_T5, "cpu", torch.float32).encode([new_caption])[0]
+    np.testing.assert_array_equal(read_t5_embedding(layout.embedding(clips[2])), expected.astype(np.float16))
+    assert dataset_check_passes(cli_env)
+    assert "0 caption(s) embedded, 8 already done." in run_embed(cli_env).stderr
+    assert "Note:" not in capsys.readouterr().err  # every embedding has its record
+
+
+def test_another_text_encoder_of_the_same_shape_redoes_every_embedding_and_mixed_ones_are_refused(cli_env):
+    from cosmos_lora.model.tiny import write_tiny_t5
+
+    layout = DatasetLayout(cli_env.dataset(TINY_DATASET))
+    other = cli_env.outputs / "t5-other"
+    write_tiny_t5(other, seed=1)  # same files, names and sizes; other weights
+    old = {c: (layout.embedding(c).read_bytes(), layout.embedding(c).with_suffix(".json").read_bytes())
+           for c in layout.clips()}
+
+    result = run_embed(cli_env, other)
+    assert result.exit_code == 0, result.output
+    assert "8 caption(s) embedded (8 whose caption or text encoder changed), 0 already done." in result.stderr
+    assert all(layout.embedding(c).read_bytes() != pickle for c, (pickle, _) in old.items())
+    assert "0 caption(s) embedded, 8 already done." in run_embed(cli_env, other).stderr
+
+    first = layout.clips()[0]  # one clip back to the first encoder's embedding
+    layout.embedding(first).write_bytes(old[first][0])
+    layout.embedding(first).with_suffix(".json").write_bytes(old[first][1])
+    refused = train_one_step()
+    assert refused.exit_code == 1 and "1 problem(s)" in refused.stderr
+    assert f"{layout.embedding(first)}: made by text encoder " in refused.stderr and "7 other(s) by" in refused.stderr
+
+
+def test_embeddings_without_a_record_are_trained_on_with_a_note_and_embed_records_them(cli_env, capsys):
+    layout = DatasetLayout(cli_env.dataset(TINY_DATASET))
+    before = {c: layout.embedding(c).read_bytes() for c in layout.clips()}
+    for record in layout.t5_dir.glob("*.json"):  # as the official scripts leave a dataset
+        record.unlink()
+
+    assert dataset_check_passes(cli_env)
+    assert f"Note: 8 embedding(s) in {layout.t5_dir} have no record" in capsys.readouterr().err
+
+    result = run_embed(cli_env)
+    assert result.exit_code == 0, result.output
+    assert "8 caption(s) embedded (8 made elsewhere, with no record), 0 already done." in result.stderr
+    assert {c: layout.embedding(c).read_bytes() for c in layout.clips()} == before  # same encoder, same bytes
+    assert sorted(p.stem for p in layout.t5_dir.glob("*.json")) == layout.clips()
+    assert dataset_check_passes(cli_env) and "Note:" not in capsys.readouterr().err
+
+
+def test_a_record_describes_only_the_pickle_it_was_written_for(cli_env):
+    layout = DatasetLayout(cli_env.dataset(TINY_DATASET))
+    a, b = layout.clips()[:2]
+    layout.embedding(b).write_bytes(layout.embedding(a).read_bytes())  # another tool copied a's pickle over b's
+    result = run_embed(cli_env)
+    assert "1 caption(s) embedded (1 made elsewhere, with no record), 7 already done." in result.stderr
+    assert layout.embedding(b).read_bytes() != layout.embedding(a).read_bytes()

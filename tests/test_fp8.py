@@ -13,7 +13,9 @@ from cosmos_lora.model.dit import build_dit
 from cosmos_lora.model.edm import LogVarHead, training_loss
 from cosmos_lora.model.fp8 import Float8Linear, check_fp8_device, use_fp8_linears
 from cosmos_lora.model.lora import add_lora, lora_parameters, spec_for
-from cosmos_lora.train.launch import Launch, build_experiment, prepare_run_dir
+from cosmos_lora.config.build import build_experiment
+from cosmos_lora.distributed import Launch
+from cosmos_lora.train.launch import prepare_run_dir
 from cosmos_lora.train.trainer import Trainer
 
 

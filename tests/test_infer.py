@@ -24,6 +24,7 @@ from cosmos_lora.cli.app import app
 from cosmos_lora.config import load_preset, resolved, save_config
 from cosmos_lora.data.video import probe_video, read_video
 from cosmos_lora.distributed import Distributed
+from cosmos_lora.errors import EXIT_STOPPED
 from cosmos_lora.model import lora_formats
 from cosmos_lora.infer.pipeline import InferSettings, Text2WorldGenerator
 from cosmos_lora.infer.prompts import DEFAULT_NEGATIVE_PROMPT, Prompt, plan_jobs, prompt_folder, shard
@@ -386,7 +387,7 @@ def test_sigterm_stops_the_processes_with_one_line_and_a_rerun_finishes(cli_env)
         time.sleep(0.05)
     cli.send_signal(signal.SIGTERM)
     stderr = cli.communicate(timeout=120)[1]
-    assert cli.returncode == 1
+    assert cli.returncode == EXIT_STOPPED
     assert "Error: Stopped before every video was made." in stderr and "Traceback" not in stderr
     made = sorted(out.glob("original/*/seed_0.mp4"))
     assert 1 <= len(made) < 8 and not [p for p in out.rglob("*") if ".tmp" in p.name]

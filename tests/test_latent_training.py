@@ -6,7 +6,10 @@ from typer.testing import CliRunner
 from cosmos_lora.cli.app import app
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.model.tiny import TINY_TOKENIZER
-from cosmos_lora.train.launch import Launch, build_experiment, check_inputs, prepare_run_dir
+from cosmos_lora.config.build import build_experiment
+from cosmos_lora.distributed import Launch
+from cosmos_lora.train.checks import check_inputs
+from cosmos_lora.train.launch import prepare_run_dir
 from cosmos_lora.train.trainer import Trainer
 
 

@@ -146,3 +146,34 @@ def test_bad_latent_settings_are_refused_before_any_work(cli_env, args, message)
                                       str(cli_env.checkpoints / TINY_TOKENIZER), *args])
     assert result.exit_code == 1 and message in result.stderr, result.output
     assert not (cli_env.dataset(TINY_DATASET) / "latents").exists()
+
+
+def test_a_clip_changed_anywhere_in_its_file_is_encoded_again_and_never_trained_on_stale(cli_env):
+    import numpy as np
+
+    from cosmos_lora.data.video import write_video
+
+    layout = DatasetLayout(cli_env.dataset(TINY_DATASET))
+    clip = layout.video(layout.clips()[0])
+    # noise compresses badly: a file of a few hundred KiB, so its middle lies far from both ends
+    write_video(clip, np.random.default_rng(0).integers(0, 256, (17, 128, 128, 3), dtype=np.uint8), 24)
+    training_size = ["--frames", "17", "--resolution", "64", "64", "--pixel-chunk", "17"]  # the tiny preset's
+    args = ["embed", "--dataset", TINY_DATASET, "--latents", "--tokenizer", str(cli_env.checkpoints / TINY_TOKENIZER),
+            *training_size]
+    assert "8 latent(s) encoded" in CliRunner().invoke(app, args).stderr
+    data = bytearray(clip.read_bytes())
+    assert len(data) > 3 * 64 * 1024
+    middle = len(data) // 2
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    clip.write_bytes(bytes(data))  # same name and size, same first and last 64 KiB; other pixels in frame 8
+
+    train = ["posttrain", "--model", "tiny", "--dataset", TINY_DATASET, "--nproc", "1", "--max-iter", "1",
+             "--name", "check"]
+    refused = CliRunner().invoke(app, train)
+    assert refused.exit_code == 1 and "1 problem(s)" in refused.stderr
+    assert "stale, the video changed after it was encoded" in refused.stderr and clip.stem in refused.stderr
+    assert "--latents --frames 17 --resolution 64 64" in refused.stderr
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "1 latent(s) encoded, 7 already cached, 0 failed." in again.stderr
+    cache = latent_cache_dir(layout.root, cli_env.checkpoints / TINY_TOKENIZER, 17, 64, 64, 17)
+    assert check_dataset(layout.root, 17, 64, 64, latents_dir=cache) == []

@@ -2,6 +2,12 @@
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
@@ -10,7 +16,7 @@ import pytest
 from cosmos_lora.data.layout import INDEX_COLUMNS
 from cosmos_lora.data.prepare import prepare_clips
 from cosmos_lora.data.video import VideoInfo, probe_video, read_video, resize_cover_crop, write_video
-from cosmos_lora.errors import UserError
+from cosmos_lora.errors import EXIT_STOPPED, UserError
 
 CLIP = 17  # frames per clip: 1 + 8k like Cosmos' 121, small enough for CPU tests
 HEIGHT, WIDTH = 32, 48
@@ -145,7 +151,7 @@ def test_a_different_size_is_not_mistaken_for_an_existing_clip(tmp_path):
     src = tmp_path / "raw"
     write_source(src / "v.mp4", 20, 64, 96, 24)
     (src / "v.txt").write_text("v")
-    prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    write_video(tmp_path / "out" / "videos" / "v_000.mp4", numbered_frames(CLIP, HEIGHT, WIDTH), 24)  # no cut recorded
     summary = prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=64, width=64, workers=1)
     assert (summary.clips_written, summary.clips_skipped_existing) == (1, 0)
     assert probe_video(tmp_path / "out" / "videos" / "v_000.mp4") == VideoInfo(CLIP, 64, 64, 24.0)
@@ -202,16 +208,17 @@ def test_size_not_a_multiple_of_16_is_refused_before_any_work(source_folder, tmp
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_caption_tables_are_user_errors_naming_the_file(tmp_path):
+def test_bad_caption_tables_go_to_failed_csv_and_the_job_carries_on(tmp_path):
     src = tmp_path / "raw"
-    src.mkdir()
+    write_source(src / "v.mp4", 17, 32, 48, 24)
+    (src / "v.txt").write_text("v")
     (src / "captions.csv").write_text("file,text\nv.mp4,hello\n")
-    with pytest.raises(UserError, match="captions.csv has columns"):
-        prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
-    (src / "captions.csv").unlink()
     (src / "captions.jsonl").write_text('{"path": "v.mp4", "caption": "ok"}\nnot json\n')
-    with pytest.raises(UserError, match="captions.jsonl line 2"):
-        prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    summary = prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    assert summary.clips_written == 1
+    reasons = {row["source"]: row["reason"] for row in read_csv(tmp_path / "out" / "failed.csv")}
+    assert "captions.csv has columns" in reasons["captions.csv"]
+    assert "captions.jsonl line 2" in reasons["captions.jsonl"]
 
 
 def test_missing_source_folder_is_a_user_error(tmp_path):
@@ -403,3 +410,119 @@ def test_unknown_or_mismatched_source_format_is_a_user_error(source_folder, tmp_
         prepare_clips(source_folder, tmp_path / "out", height=HEIGHT, width=WIDTH, workers=1, source_format="vript")
     with pytest.raises(UserError, match="holds no CSV with a time range"):
         prepare_clips(source_folder, tmp_path / "out", height=HEIGHT, width=WIDTH, workers=1, source_format="panda")
+
+
+# ---------------------------------------------------------------- through the CLI: bad inputs, one cut, stops
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "cosmos_lora", "prepare", *args], capture_output=True, text=True,
+                          **kwargs)
+
+
+@pytest.fixture
+def datasets(tmp_path, monkeypatch):
+    monkeypatch.setenv("COSMOS_LORA_DATASETS", str(tmp_path / "datasets"))
+    return tmp_path / "datasets"
+
+
+def test_unreadable_captions_and_dropped_inputs_each_get_a_failed_csv_row(tmp_path, datasets):
+    src = tmp_path / "raw"
+    for name in ("good", "latin1", "listed", "jsonl"):
+        write_source(src / f"{name}.mp4", CLIP, 32, 48, 24)
+    (src / "good.txt").write_text("fine")
+    (src / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (src / "captions.csv").write_bytes("path,caption\nlisted.mp4,na\xefve\n".encode("latin-1"))
+    (src / "captions.jsonl").write_bytes(b'{"path": "jsonl.mp4", "caption": "\xff"}\n')
+    (src / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")  # a dangling link
+
+    done = cli(str(src), "--name", "x/y", "--frames", str(CLIP), "--resolution", "32", "48", "--workers", "1")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    reasons = {row["source"]: row["reason"] for row in read_csv(datasets / "x" / "y" / "failed.csv")}
+    assert reasons["latin1.mp4"] == "latin1.txt is not UTF-8 text (byte 3)."
+    assert reasons["captions.csv"].startswith("captions.csv is not UTF-8 text")
+    assert reasons["captions.jsonl"].startswith("captions.jsonl is not UTF-8 text")
+    assert reasons["listed.mp4"].startswith("no caption") and reasons["jsonl.mp4"].startswith("no caption")
+    assert reasons["gone.mp4"] == "not a readable file (a dangling link?)"
+    assert [row["clip"] for row in read_csv(datasets / "x" / "y" / "index.csv")] == ["good_000"]
+
+
+def test_a_folder_that_cannot_be_listed_is_a_failed_csv_row(tmp_path, monkeypatch):
+    src = tmp_path / "raw"
+    write_source(src / "v.mp4", CLIP, 32, 48, 24)
+    (src / "v.txt").write_text("v")
+    (src / "locked").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # root reads every folder, so the refusal a user would get is staged here
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    summary = prepare_clips(src, tmp_path / "out", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    assert summary.clips_written == 1
+    assert {"source": "locked/", "reason": "folder cannot be read: Permission denied"} in read_csv(
+        tmp_path / "out" / "failed.csv")
+
+
+def test_vript_caption_or_meta_file_that_is_not_utf8_is_a_failed_csv_row(vript_folder, tmp_path):
+    (vript_folder / "vript_captions" / "more.jsonl").write_bytes(b'{"clip_id": "x", "caption": "\xe9"}\n')
+    (vript_folder / "vript_meta" / "broken_meta.json").write_bytes(b"\xff\xfe")
+    summary = prepare_clips(vript_folder, tmp_path / "out", clip_frames=CLIP, height=HEIGHT, width=WIDTH, workers=1)
+    assert summary.clips_written > 0
+    reasons = {row["source"]: row["reason"] for row in read_csv(tmp_path / "out" / "failed.csv")}
+    assert reasons["vript_captions/more.jsonl"].startswith("more.jsonl is not UTF-8 text")
+    assert reasons["vript_meta/broken_meta.json"].startswith("broken_meta.json is not UTF-8 text")
+
+
+def test_a_rerun_with_another_cut_is_refused_in_one_line_and_touches_nothing(tmp_path, datasets):
+    src = tmp_path / "raw"
+    write_source(src / "v.mp4", 40, 64, 96, 24)
+    (src / "v.txt").write_text("v")
+    common = [str(src), "--name", "x/y", "--workers", "1"]
+    assert cli(*common, "--frames", "17", "--resolution", "32", "48").returncode == 0
+    dataset = datasets / "x" / "y"
+    before = {p: p.stat().st_mtime_ns for p in dataset.rglob("*")}
+    for other in (["--frames", "9", "--resolution", "32", "48"], ["--frames", "17", "--resolution", "64", "64"],
+                  ["--frames", "17", "--resolution", "32", "48", "--max-clips", "1"]):
+        refused = cli(*common, *other)
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 1 and lines[0].startswith(f"Error: {dataset} holds clips cut with --frames 17 "
+                                                               "--resolution 32 48; this run asks for"), refused.stderr
+        assert len(lines) == 2 and lines[1].startswith("Fix:")
+        assert {p: p.stat().st_mtime_ns for p in dataset.rglob("*")} == before
+    again = cli(*common, "--frames", "17", "--resolution", "32", "48")
+    assert again.returncode == 0 and "0 clip(s) written, 2 already there" in again.stderr
+
+
+def test_sigterm_stops_every_worker_at_once_and_a_rerun_finishes(tmp_path, datasets):
+    src = tmp_path / "raw"
+    for i in range(4):
+        write_video(src / f"v{i}.mp4", np.random.default_rng(i).integers(0, 255, (119, 64, 96, 3), np.uint8), 24,
+                    quality="low")
+        (src / f"v{i}.txt").write_text(f"video {i}")
+    command = [sys.executable, "-m", "cosmos_lora", "prepare", str(src), "--name", "x/y", "--frames", "17",
+               "--resolution", "64", "96", "--workers", "2"]
+    dataset = datasets / "x" / "y"
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(dataset.glob("videos/*.mp4")):
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended or hung before its first clip"
+        time.sleep(0.02)
+    stopped_at = time.monotonic()
+    run.send_signal(signal.SIGTERM)
+    stderr = run.communicate(timeout=60)[1]
+    assert time.monotonic() - stopped_at < 10  # a whole run takes longer; before, the workers went on cutting
+    assert run.returncode == EXIT_STOPPED
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.startswith(("Error", "Fix", "Trace"))]
+    assert lines == ["Error: Stopped before every clip was cut; rerun the same command to continue (finished clips "
+                     "are kept)."], stderr
+    assert not [p for p in dataset.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
+    made = len(list(dataset.glob("videos/*.mp4")))
+    assert 1 <= made < 28
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{28 - made} clip(s) written, {made} already there" in rerun.stderr
+    assert len(read_csv(dataset / "index.csv")) == 28

@@ -13,9 +13,10 @@ import time
 
 import pytest
 
-from cosmos_lora.distributed import ExternalLaunch, expand_hostlist, slurm_environment
+from cosmos_lora.config.build import build_experiment
+from cosmos_lora.distributed import ExternalLaunch, Launch, expand_hostlist, slurm_environment
 from cosmos_lora.errors import UserError
-from cosmos_lora.train.launch import Launch, build_experiment, prepare, wait_for_run_dir
+from cosmos_lora.train.launch import prepare, wait_for_run_dir
 
 DATASET = "demo/shapes"
 

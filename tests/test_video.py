@@ -1,5 +1,11 @@
 """Video I/O against the real ffmpeg binary from imageio-ffmpeg, on tiny generated clips."""
 
+import contextlib
+import gc
+import os
+import signal
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -109,6 +115,47 @@ def test_writer_interrupted_by_an_error_leaves_old_file_untouched(tmp_path):
             raise KeyboardInterrupt
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a.mp4"]
+
+
+def test_a_stop_while_ffmpeg_starts_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """SIGTERM/Ctrl-C right after ffmpeg was started (the race that left `.seed_0.mp4.tmp*` in infer's
+    output): the writer never returns, and the ffmpeg it started must not publish a temporary file."""
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen_then_ctrl_c(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        signal.raise_signal(signal.SIGINT)  # Python's handler raises KeyboardInterrupt at once
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        VideoWriter(tmp_path / "a.mp4", 32, 32, 24)
+    monkeypatch.undo()
+    gc.collect()
+    for process in started:  # whatever ffmpeg got started must be finished before looking
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        process.wait(timeout=30)
+    assert started and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("when", ["writing", "closing"])
+def test_a_stop_mid_write_or_close_leaves_no_temporary_file(tmp_path, monkeypatch, when):
+    path = tmp_path / "a.mp4"
+    writer = VideoWriter(path, 32, 32, 24)
+    if when == "writing":
+        with pytest.raises(KeyboardInterrupt):
+            with writer:
+                writer.write(moving_gradient(3, 32, 32))
+                os.kill(os.getpid(), signal.SIGINT)
+                writer.write(moving_gradient(3, 32, 32))
+    else:
+        writer.write(moving_gradient(3, 32, 32))
+        monkeypatch.setattr(os, "replace", lambda *a: signal.raise_signal(signal.SIGINT))
+        with pytest.raises(KeyboardInterrupt):
+            writer.close()  # used on its own, as prepare does: close must clean up after itself
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("content", [b"", b"not a video at all" * 50, "truncated"])

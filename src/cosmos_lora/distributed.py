@@ -1,22 +1,28 @@
-"""Processes: the one place that reads the rank variables (torchrun's and Slurm's), and the torchrun launch.
+"""Processes: the one place that reads the rank variables (torchrun's and Slurm's), and the one launcher.
 
 Works alone (one process, no process group), under torchrun, and under `srun` with several tasks
 (Slurm's variables are translated into torchrun's by `adopt_slurm_environment`); NCCL on GPUs,
-gloo on CPU. Training and inference both launch their workers through `torchrun_command` +
-`run_torchrun`.
+gloo on CPU. `launch` runs a worker module (`embed`, `posttrain`, `infer`) in this process or in
+torchrun's, and says how it ended; `run_worker` is every worker's life in one process.
 """
 
 import contextlib
+import importlib
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from cosmos_lora.errors import EXIT_STOPPED, Stopped, UserError
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,42 @@ class Distributed:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The shape of a launch: processes per node, nodes, this node, the rendezvous (several nodes)."""
+
+    nproc: int
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a launch ended: finished, stopped (Ctrl-C/SIGTERM; rerun to continue) or failed."""
+
+    state: str
+    code: int  # the workers' exit code (EXIT_STOPPED when stopped)
+    error: UserError | None = None  # the user error the lowest rank reported, if one did
+    error_rank: int | None = None
+
+    def raise_unless_finished(self, unfinished: str, rerun: str) -> None:
+        """Stopped -> `Stopped`; failed -> the worker's own user error, else one naming the exit code.
+
+        `unfinished`: what is left undone (`every video was made`); `rerun`: how to go on."""
+        if self.state == "stopped":
+            raise Stopped(f"Stopped before {unfinished}.", rerun)
+        if self.state == "failed":
+            if self.error is not None:
+                raise self.error
+            raise UserError(f"A worker process failed (exit code {self.code}) before {unfinished}; "
+                            "see the messages above.", rerun)
 
 
 @dataclass(frozen=True)
@@ -84,8 +126,6 @@ def slurm_environment(env: Mapping[str, str]) -> dict[str, str]:
         try:
             master = expand_hostlist(nodes)[0]
         except (ValueError, IndexError):
-            from cosmos_lora.errors import UserError
-
             raise UserError(
                 f"Cannot tell the first host of this Slurm job from its node list {nodes!r}.",
                 "export MASTER_ADDR=<host of task 0> (and MASTER_PORT) before srun.",
@@ -176,26 +216,67 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def torchrun_command(module: str, args: list[str], nproc: int, nnodes: int = 1, node_rank: int = 0,
-                     rdzv_endpoint: str | None = None) -> list[str]:
-    """torchrun (through `cosmos_lora.torchrun`) `... -m module args`; multi-node when nnodes > 1
-    (c10d rendezvous at rdzv_endpoint)."""
-    command = [sys.executable, "-m", "cosmos_lora.torchrun", f"--nproc_per_node={nproc}"]
-    if nnodes > 1:
-        command += [f"--nnodes={nnodes}", f"--node_rank={node_rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv_endpoint}"]
+def default_nproc() -> int:
+    """One process per visible GPU; one on a CPU machine."""
+    return visible_gpus() or 1
+
+
+def torchrun_command(module: str, args: list[str], shape: Launch) -> list[str]:
+    """torchrun (through `cosmos_lora.torchrun`) `... -m module args`; multi-node when shape.nnodes > 1
+    (c10d rendezvous at shape.rdzv_endpoint)."""
+    command = [sys.executable, "-m", "cosmos_lora.torchrun", f"--nproc_per_node={shape.nproc}"]
+    if shape.nnodes > 1:
+        command += [f"--nnodes={shape.nnodes}", f"--node_rank={shape.node_rank}", "--rdzv_backend=c10d",
+                    f"--rdzv_endpoint={shape.rdzv_endpoint}"]
     else:
         command += ["--standalone"]
     return command + ["-m", module, *args]
 
 
-def stopped_by_signal(code: int) -> bool:
-    """The launch's exit code says SIGTERM or Ctrl-C stopped it (rather than a failure)."""
-    return code in (128 + signal.SIGTERM, 128 + signal.SIGINT)
+# -- the launcher -----------------------------------------------------------------------------------
+
+REPORTS_ENV = "COSMOS_LORA_REPORTS"  # the folder where workers leave their user errors for the launcher
+STOP_CODES = (EXIT_STOPPED, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT)
 
 
-def run_torchrun(command: list[str]) -> int:
-    """Runs torchrun in its own process group and forwards Ctrl-C/SIGTERM to all of it as SIGTERM,
-    so workers get to finish the step and save before exiting."""
+def launch(module: str, args: list[str], shape: Launch, alone_in_process: bool = True,
+           env: Mapping[str, str] | None = None) -> Outcome:
+    """Runs the worker module `module` (its `main(args) -> exit code`) in every process of `shape`.
+
+    Already under torchrun or srun (this process is one of the workers), or alone with
+    `alone_in_process`, `main` runs in this process. Otherwise torchrun starts the processes, and
+    Ctrl-C/SIGTERM here reach all of them as SIGTERM, so they finish what they are doing, keep it and
+    exit EXIT_STOPPED. `env`: defaults for the workers' environment (the user's own values win).
+    """
+    with tempfile.TemporaryDirectory(prefix="cosmos-lora-launch-") as reports, \
+            _environment(env or {}, {REPORTS_ENV: reports}):
+        if launched_by_torchrun() or (alone_in_process and shape.world_size == 1):
+            code = importlib.import_module(module).main(args)
+        else:
+            code = _run_torchrun(torchrun_command(module, args, shape))
+        rank, error = _first_report(Path(reports))
+    state = "finished" if code == 0 else "stopped" if code in STOP_CODES else "failed"
+    return Outcome(state, EXIT_STOPPED if state == "stopped" else code, error, rank)
+
+
+@contextlib.contextmanager
+def _environment(defaults: Mapping[str, str], values: Mapping[str, str]) -> Iterator[None]:
+    """`defaults` where the user set nothing, and `values`, for the workers; restored afterwards."""
+    before = {key: os.environ.get(key) for key in {**defaults, **values}}
+    os.environ.update({k: v for k, v in defaults.items() if k not in os.environ} | dict(values))
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run_torchrun(command: list[str]) -> int:
+    """The one place torchrun starts: in its own process group, Ctrl-C/SIGTERM forwarded to all of it
+    as SIGTERM, so workers get to finish the step and save before exiting."""
     # torchrun sets 1 thread per worker anyway, with a banner; saying it ourselves silences the banner
     env = {"OMP_NUM_THREADS": "1"} | os.environ
     child = subprocess.Popen(command, start_new_session=True, env=env)
@@ -212,6 +293,27 @@ def run_torchrun(command: list[str]) -> int:
             signal.signal(sig, handler)
 
 
+def report_error(rank: int, error: UserError) -> None:
+    """A worker's user error, for its launcher to repeat as the outcome (else printed as one line)."""
+    folder = os.environ.get(REPORTS_ENV)
+    if folder and Path(folder).is_dir():
+        (Path(folder) / f"error.rank{rank}.json").write_text(json.dumps({"problem": error.problem, "fix": error.fix}))
+    else:
+        print(f"Error (rank {rank}): {error}", file=sys.stderr)
+
+
+def _first_report(folder: Path) -> tuple[int | None, UserError | None]:
+    reports = sorted((int(p.name[len("error.rank"):-len(".json")]), p) for p in folder.glob("error.rank*.json"))
+    if not reports:
+        return None, None
+    rank, path = reports[0]
+    report = json.loads(path.read_text())
+    return rank, UserError(report["problem"], report["fix"])
+
+
+# -- one worker -------------------------------------------------------------------------------------
+
+
 class _Stopped(BaseException):
     """SIGTERM or Ctrl-C in a worker: unwinds the work, so its temporary files are removed on the way."""
 
@@ -221,15 +323,12 @@ def _stop(signum, frame):
 
 
 def run_worker(work: Callable[[Distributed], object], process_group: bool = True) -> int:
-    """One torchrun worker's life: process group up, `work`, process group down.
+    """One worker's life: process group up, `work`, process group down.
 
-    A user error is printed as one line (naming the rank) and gives exit code 1; SIGTERM/SIGINT stop
-    the work quietly with 128 + the signal; anything else is a bug and keeps its traceback.
+    A user error is reported to the launcher (`report_error`) and gives exit code 1; SIGTERM/SIGINT
+    stop the work quietly with EXIT_STOPPED; anything else is a bug and keeps its traceback.
     """
-    from cosmos_lora.errors import UserError
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _stop)
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     dist_info = init_distributed(process_group)
     try:
         work(dist_info)
@@ -237,9 +336,11 @@ def run_worker(work: Callable[[Distributed], object], process_group: bool = True
             dist.barrier()  # leave together: a gloo peer that tears down first can abort the others
         return 0
     except UserError as error:
-        print(f"Error (rank {dist_info.rank}): {error}", file=sys.stderr)
+        report_error(dist_info.rank, error)
         return 1
-    except _Stopped as stop:
-        return 128 + stop.args[0]
+    except _Stopped:
+        return EXIT_STOPPED
     finally:
         close_distributed()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -76,13 +76,20 @@ def publishing(path: Path, make_parent: bool = True) -> Iterator[Path]:
     tmp = temporary_sibling(path)
     try:
         yield tmp
-        if tmp.is_file():
-            os.chmod(tmp, umask_mode())
-        _fsync(tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         remove_quietly(tmp)
         raise
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Flushes the finished temporary `tmp` to disk and renames it onto `path`. For writers that
+    cannot work inside one `publishing` block (a video encoded frame by frame); the caller removes
+    `tmp` (`remove_quietly`) on every other exit path. The file gets the umask's mode (see above)."""
+    if tmp.is_file():
+        os.chmod(tmp, umask_mode())
+    _fsync(tmp)
+    os.replace(tmp, path)
 
 
 def atomic_write(path: Path, data: str | bytes, encoding: str = "utf-8") -> Path:

@@ -26,6 +26,11 @@ class Roots:
             outputs=Path(outputs or os.environ.get("COSMOS_LORA_OUTPUTS", "outputs")),
         )
 
+    @property
+    def runs(self) -> Path:
+        """Where training runs go: one `run_folder.RunFolder` each."""
+        return self.outputs / "runs"
+
     def dataset(self, name: str) -> Path:
         return self.datasets / check_dataset_name(name)
 
@@ -42,7 +47,3 @@ def check_dataset_name(name: str) -> str:
         )
     return "/".join(parts)
 
-
-def atomic_path(path: Path) -> Path:
-    """A temporary sibling of `path` to write to and then `os.replace` onto it."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")

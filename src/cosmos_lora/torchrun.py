@@ -4,8 +4,9 @@ The same launcher (`torch.distributed.run`, same arguments and behaviour), witho
 own traceback and failure report: those appear when a worker stops on purpose (SIGTERM or Ctrl-C
 after saving, or a user error the worker has already explained in one line) and would bury the
 CLI's one-line outcome. A worker killed by a signal, which prints nothing itself, is still named.
-Exits with the first failed worker's exit code, or 128 + the signal when SIGTERM/SIGINT stopped it
-(the shell's convention, which `cosmos_lora.distributed.stopped_by_signal` reads).
+Exits with the first failed worker's exit code, or EXIT_STOPPED when SIGTERM/SIGINT stopped the
+workers (what `cosmos_lora.distributed.launch` reads as "stopped").
+Only `cosmos_lora.distributed.launch` starts it.
 """
 
 import logging
@@ -15,6 +16,8 @@ import sys
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
+
+from cosmos_lora.errors import EXIT_STOPPED
 
 
 def _quiet_launcher_logs() -> None:
@@ -31,14 +34,14 @@ def main(argv: list[str]) -> int:
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
         if failure.exitcode in (-signal.SIGTERM, -signal.SIGINT):  # stopped, as asked: not a failure to explain
-            return 128 - failure.exitcode
+            return EXIT_STOPPED
         if failure.exitcode < 0:
             print(f"Error: rank {rank} was killed by signal {-failure.exitcode} ({signal.strsignal(-failure.exitcode)}): "
                   "out of host memory, or stopped from outside.", file=sys.stderr)
             return 1
         return failure.exitcode
     except SignalException as error:  # the workers got the signal too and have stopped
-        return 128 + error.sigval
+        return EXIT_STOPPED
     return 0
 
 

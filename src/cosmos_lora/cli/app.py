@@ -5,7 +5,9 @@ from pathlib import Path
 import typer
 
 from cosmos_lora.cli import demo, download, embed, export, infer, merge, posttrain, prepare, runs
+from cosmos_lora.cli.output import guarded
 from cosmos_lora.paths import Roots
+from cosmos_lora.torch_version import check_torch
 
 app = typer.Typer(
     name="cosmos-lora",
@@ -18,12 +20,14 @@ app = typer.Typer(
 
 
 @app.callback()
+@guarded
 def roots(
     ctx: typer.Context,
     checkpoints_dir: Path = typer.Option(None, envvar="COSMOS_LORA_CHECKPOINTS", help="Model weights root (default: ./checkpoints)."),
     datasets_dir: Path = typer.Option(None, envvar="COSMOS_LORA_DATASETS", help="Datasets root (default: ./datasets)."),
     outputs_dir: Path = typer.Option(None, envvar="COSMOS_LORA_OUTPUTS", help="Runs and videos root (default: ./outputs)."),
 ) -> None:
+    check_torch()  # before any command starts work it could not finish
     ctx.obj = Roots.from_env(checkpoints_dir, datasets_dir, outputs_dir)
 
 

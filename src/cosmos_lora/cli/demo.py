@@ -26,23 +26,24 @@ def demo(
     """Run download-free: tiny model -> synthetic clips -> embed -> posttrain (torchrun) -> infer --stages both."""
     import torch
 
+    from cosmos_lora.config import load_preset
+    from cosmos_lora.config.build import build_experiment
     from cosmos_lora.data.embed import embed_dataset
     from cosmos_lora.data.synthetic import make_synthetic_dataset
-    from cosmos_lora.distributed import init_distributed, visible_gpus
-    from cosmos_lora.errors import UserError
+    from cosmos_lora.distributed import Launch, init_distributed, visible_gpus
     from cosmos_lora.infer.adapters import from_run
     from cosmos_lora.infer.pipeline import InferSettings
     from cosmos_lora.infer.prompts import read_prompts
     from cosmos_lora.infer.run import run_plan, save_plan
     from cosmos_lora.model.tiny import write_tiny_checkpoints
-    from cosmos_lora.train import launch as launcher
+    from cosmos_lora.train.launch import posttrain
 
     roots = ctx.obj
     note("1/5 tiny checkpoints (official formats) ...")
     paths = write_tiny_checkpoints(roots.checkpoints)
 
     note(f"2/5 synthetic clips -> {roots.dataset(DEMO_DATASET)} ...")
-    config = launcher.load_preset("tiny_lora")
+    config = load_preset("tiny_lora")
     height, width = config.model.resolution
     dataset_dir = roots.dataset(DEMO_DATASET)
     if not (dataset_dir / "videos").is_dir():
@@ -53,15 +54,11 @@ def demo(
 
     processes = nproc or visible_gpus() or 2
     note(f"4/5 LoRA post-training: {max_iter} steps on {processes} process(es) through torchrun ...")
-    run = launcher.Launch(processes)
-    experiment = launcher.build_experiment("tiny_lora", roots, DEMO_DATASET, {"trainer.max_iter": max_iter}, [], DEMO_RUN, run)
+    shape = Launch(processes)
+    experiment = build_experiment("tiny_lora", roots, DEMO_DATASET, {"trainer.max_iter": max_iter}, [], DEMO_RUN, shape)
     shutil.rmtree(experiment.job.run_dir, ignore_errors=True)  # the demo's own run, remade each time
-    launcher.check_inputs(experiment)
-    run_dir = launcher.prepare_run_dir(experiment, resume=False)
-    code, status = launcher.launch_training(run_dir, run)
-    ok, message = launcher.outcome_message(run_dir, code, status, "cosmos-lora demo")
-    if not ok:
-        raise UserError(message)
+    run, message, _ = posttrain(experiment, shape, resume_command="cosmos-lora demo")
+    note(message)
 
     out_dir = roots.outputs / "infer" / DEMO_RUN
     note(f"5/5 base vs LoRA videos -> {out_dir} ...")
@@ -69,14 +66,14 @@ def demo(
     settings = InferSettings(
         out_dir=out_dir, dit=paths["dit"], tokenizer=paths["tokenizer"], text_encoder=paths["text_encoder"],
         pixel_chunk_duration=config.model.pixel_chunk_duration, stages="both", height=height, width=width,
-        frames=config.model.num_frames, precision=config.model.precision, adapter_file=from_run(run_dir).source,
+        frames=config.model.num_frames, precision=config.model.precision, adapter_file=from_run(run).source,
     )
     plan = save_plan(settings, read_prompts(DEMO_PROMPTS, None, None), num_videos=1, seed=0)
     _, index = run_plan(plan, init_distributed())
 
     note("Done.")
     note(f"  dataset:     {dataset_dir}")
-    note(f"  run:         {run_dir}  (adapters/, metrics.csv, config.yaml)")
+    note(f"  run:         {run.path}  (adapters/, metrics.csv, config.yaml)")
     note(f"  videos:      {out_dir}/original, {out_dir}/lora")
     note(f"  comparisons: {out_dir}/compare  (open {index} in a browser)")
     result(str(out_dir))

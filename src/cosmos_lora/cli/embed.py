@@ -23,8 +23,9 @@ def embed(
     latent_batch_size: int = typer.Option(None, help="Clips per tokenizer batch (default: 4, halved on out-of-memory)."),
     nproc: int = typer.Option(None, help="Processes, one per GPU (default: visible GPUs, 1 on CPU)."),
 ) -> None:
-    """Embed every caption in metas/ into t5_xxl/<clip>.pickle; with --latents also encode every clip
-    into latents/<key>/<clip>.safetensors. Existing valid results are kept, so a rerun resumes."""
+    """Embed every caption in metas/ into t5_xxl/<clip>.pickle (with a record of the caption beside it,
+    <clip>.json); with --latents also encode every clip into latents/<key>/<clip>.safetensors. Results
+    still made from the current caption, encoder and clip are kept, so a rerun resumes; the rest are redone."""
     from cosmos_lora.data.embed import EmbedJob, LatentSettings, launch_embed
     from cosmos_lora.distributed import visible_gpus
     from cosmos_lora.errors import UserError
@@ -43,9 +44,14 @@ def embed(
                                   pixel_chunk or 121, latent_batch_size or 4)
     job = EmbedJob(str(root), str(text_encoder or ctx.obj.checkpoints / "google-t5" / "t5-11b"), batch_size, settings)
     summary = launch_embed(job, nproc or visible_gpus() or 1)
-    note(f"{summary.embedded} caption(s) embedded, {summary.skipped_existing} already done.")
+    redone = [f"{n} {why}" for n, why in ((summary.redone_changed, "whose caption or text encoder changed"),
+                                          (summary.redone_unrecorded, "made elsewhere, with no record")) if n]
+    note(f"{summary.embedded} caption(s) embedded" + (f" ({', '.join(redone)})" if redone else "")
+         + f", {summary.skipped_existing} already done.")
     for path in summary.missing_captions:
         note(f"no caption: {path}")
+    for problem in summary.bad_captions:
+        note(f"not embedded: {problem}")
     result(str(root / "t5_xxl"))
     if latents:
         note(f"{summary.latents_encoded} latent(s) encoded, {summary.latents_skipped_existing} already cached, "

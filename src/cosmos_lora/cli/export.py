@@ -29,14 +29,15 @@ def export(
     from cosmos_lora.files import check_not_an_input
     from cosmos_lora.infer import adapters
     from cosmos_lora.model import lora_formats
+    from cosmos_lora.run_folder import RunFolder
 
     _check_options(fmt, merge, out)
-    run_dir = adapters.resolve_run(run, ctx.obj.outputs / "runs")
-    adapter = adapters.from_run(run_dir, step, ema)
-    base = ctx.obj.checkpoints / load_preset(run_dir / "config.yaml").model.dit
-    check_not_an_input(out, {"adapter": adapter.source, "base checkpoint": base}, inside=run_dir)
+    run_folder = RunFolder.resolve(run, ctx.obj.runs)
+    adapter = adapters.from_run(run_folder, step, ema)
+    base = ctx.obj.checkpoints / load_preset(run_folder.config_file).model.dit
+    check_not_an_input(out, {"adapter": adapter.source, "base checkpoint": base}, inside=run_folder.path)
     note(f"Adapter: {adapter.summary()}")
-    provenance = {"cosmos_lora_run": run_dir.name, "cosmos_lora_adapter": adapter.source.name}
+    provenance = {"cosmos_lora_run": run_folder.name, "cosmos_lora_adapter": adapter.source.name}
     if fmt == "comfyui":
         tensors = lora_formats.to_comfyui(adapter.state, adapter.spec)
         lora_formats.write_safetensors(out, tensors, {"format": "pt"} | provenance)
@@ -44,23 +45,23 @@ def export(
         tensors, metadata = lora_formats.to_diffusers(adapter.state, adapter.spec, fold_scale=True)
         lora_formats.write_safetensors(out, tensors, metadata | provenance)
     else:
-        _export_official(adapter, ctx.obj.checkpoints, run_dir, merge, out)
+        _export_official(adapter, ctx.obj.checkpoints, run_folder, merge, out)
     result(str(out))
 
 
-def _export_official(adapter, checkpoints: Path, run_dir: Path, merge: bool, out: Path) -> None:
+def _export_official(adapter, checkpoints: Path, run, merge: bool, out: Path) -> None:
     """The run's base + the LoRA as a post-trained LoRA checkpoint, or merged; then the official command."""
     from cosmos_lora.config import load_preset
     from cosmos_lora.infer import adapters
     from cosmos_lora.model import lora_formats
     from cosmos_lora.model.merge import BaseCheckpoint, WeightedLora, merge_checkpoint, write_official_lora
 
-    base_path = checkpoints / load_preset(run_dir / "config.yaml").model.dit
+    base_path = checkpoints / load_preset(run.config_file).model.dit
     base = BaseCheckpoint.open(base_path)
     _check_same_base(adapter, base_path)
     adapters.check_fits(adapter, base.weight_shapes(), base_path)
-    size = base.size_name() or "7b"
-    if size == "14b" and not merge:
+    size = base.official_model()
+    if size == "14b" and not merge:  # text2world.py's --diffusion_transformer_dir offers a LoRA folder for 7B only
         raise UserError("The official code has LoRA inference for the 7B model only.", "add --merge: a merged 14B loads as a post-trained 14B.")
     if merge:
         merge_checkpoint(base, [WeightedLora(adapter.state, adapter.spec)], out)

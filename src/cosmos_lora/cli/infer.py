@@ -5,9 +5,8 @@ from pathlib import Path
 import typer
 
 from cosmos_lora.cli.output import examples, guarded, note, result
+from cosmos_lora.cli.posttrain import MODEL_PRESETS
 from cosmos_lora.errors import UserError
-
-MODEL_PRESETS = {"7b": "text2world_7b_lora", "tiny": "tiny_lora"}
 
 
 def infer(
@@ -28,7 +27,7 @@ def infer(
     fps: float = typer.Option(24.0, help="Frame rate (conditions the model and the mp4)."),
     resolution: tuple[int, int] | None = typer.Option(None, metavar="H W", help="Height and width (default: the run's, else 704 1280)."),
     frames: int = typer.Option(None, help="Frames, 1+8k (default: the run's, else 121)."),
-    model: str = typer.Option(None, help="7b or tiny, when no --run gives the model (default: 7b)."),
+    model: str = typer.Option(None, help="7b, 14b or tiny: the preset's checkpoint when no --run gives it (default: 7b); the size is read from the checkpoint."),
     name: str = typer.Option(None, help="Output folder name under <outputs>/infer (default: the run or LoRA name)."),
     nproc: int = typer.Option(None, help="Processes (one per GPU) (default: visible GPUs, 1 on CPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that exist already."),
@@ -43,22 +42,21 @@ def infer(
     seed_<k>.json beside them, and index.html showing every comparison.
     """
     from cosmos_lora.config import load_preset
-    from cosmos_lora.distributed import (
-        close_distributed, init_distributed, launched_by_torchrun, run_torchrun, stopped_by_signal, torchrun_command, visible_gpus,
-    )
+    from cosmos_lora.distributed import Launch, default_nproc, launch
     from cosmos_lora.infer import adapters
     from cosmos_lora.infer.pipeline import InferSettings, check_model, check_settings
     from cosmos_lora.infer.prompts import STAGES, read_prompts
-    from cosmos_lora.infer.run import run_plan, save_plan
+    from cosmos_lora.infer.run import save_plan
     from cosmos_lora.model import lora_formats
+    from cosmos_lora.run_folder import RunFolder
 
     _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name)
     roots = ctx.obj
     adapter = None
     if run:
-        run_dir = adapters.resolve_run(run, roots.outputs / "runs")
-        adapter = adapters.from_run(run_dir, step, ema)
-        config = load_preset(run_dir / "config.yaml")
+        run_folder = RunFolder.resolve(run, roots.runs)
+        adapter = adapters.from_run(run_folder, step, ema)
+        config = load_preset(run_folder.config_file)
     else:
         config = load_preset(MODEL_PRESETS[model or "7b"])
         # a file that records no scale is taken at 1 x --lora-scale only when --lora-scale is given
@@ -82,18 +80,8 @@ def infer(
         if adapter.format == "official":
             note("Official checkpoints do not store the LoRA scale: 1 is assumed (official LoRA inference applies 1), --lora-scale multiplies it.")
     plan = save_plan(settings, prompts, num_videos, seed)
-    processes = nproc or visible_gpus() or 1
-    if launched_by_torchrun() or processes == 1:  # under torchrun already: this process is one of the workers
-        try:
-            run_plan(plan, init_distributed())
-        finally:
-            close_distributed()
-    else:
-        code = run_torchrun(torchrun_command("cosmos_lora.infer.run", [str(plan)], processes))
-        if stopped_by_signal(code):
-            raise UserError("Stopped before every video was made.", "rerun the same command: finished videos are kept.")
-        if code != 0:
-            raise UserError("Inference failed in a worker; see the messages above.", "rerun the same command: finished videos are kept.")
+    outcome = launch("cosmos_lora.infer.run", [str(plan)], Launch(nproc or default_nproc()))
+    outcome.raise_unless_finished("every video was made", "rerun the same command: finished videos are kept.")
     result(str(settings.out_dir))
 
 
@@ -125,5 +113,6 @@ def register(app: typer.Typer) -> None:
         'cosmos-lora infer --run vript-sports_r16_iter1000_bs1_accum4_scale2_lr1e-04_seed0 --prompt "A surfer rides a wave" --stages both',
         "cosmos-lora infer --run <run> --prompts-file prompts.txt --num-videos 4 --step 500 --no-ema",
         "cosmos-lora infer --lora iter_000001000_model.pt --lora-scale 1.5 --prompts-file prompts.jsonl --stages lora",
+        'cosmos-lora infer --model 14b --stages original --prompt "A surfer rides a wave"',
         'cosmos-lora infer --model tiny --stages original --prompt "a red square" --steps 5',
     ))(guarded(infer))

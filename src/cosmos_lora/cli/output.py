@@ -1,17 +1,21 @@
 """All printing: results for scripts on stdout, progress and hints for people on stderr.
 
 Commands raise `UserError` for user mistakes; `guarded` turns it into one red line on stderr and
-exit code 1 (COSMOS_LORA_DEBUG=1 re-raises it with the traceback).
+its exit code: 1, or EXIT_STOPPED for `Stopped` (COSMOS_LORA_DEBUG=1 re-raises it with the traceback).
+A Ctrl-C or SIGTERM that reaches a command (one that did not handle it itself) is a `Stopped` too.
 """
 
+import contextlib
 import functools
 import json
 import os
+import signal
+import threading
 
 import typer
 from rich.console import Console
 
-from cosmos_lora.errors import UserError
+from cosmos_lora.errors import Stopped, UserError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -21,16 +25,33 @@ def guarded(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            try:
+                with _sigterm_as_ctrl_c():
+                    return command(*args, **kwargs)
+            except KeyboardInterrupt:
+                raise Stopped("Stopped (Ctrl-C).", "rerun the same command: finished work is kept.") from None
         except UserError as error:
             if os.environ.get("COSMOS_LORA_DEBUG"):
                 raise
             err.print(f"[bold red]Error:[/] {error.problem}", markup=True)
             if error.fix:
                 err.print(f"[bold]Fix:[/] {error.fix}", markup=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(error.exit_code) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (Slurm's time limit, `kill`) stops a command as Ctrl-C does, unless someone handles it."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def result(text: str) -> None:

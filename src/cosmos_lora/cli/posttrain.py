@@ -24,14 +24,14 @@ OPTION_KEYS = {
     "save_every": "checkpoint.save_every",
     "validate_every": "trainer.validate_every",
 }
-MODEL_PRESETS = {"7b": "text2world_7b_lora", "tiny": "tiny_lora"}
+MODEL_PRESETS = {"7b": "text2world_7b_lora", "14b": "text2world_14b_lora", "tiny": "tiny_lora"}
 
 
 def posttrain(
     ctx: typer.Context,
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset COLLECTION/DOMAIN inside the datasets root."),
     config: str = typer.Option(None, help="Preset name or config file (.py, or a run's config.yaml)."),
-    model: str = typer.Option("7b", help="7b or tiny: picks the preset when --config is not given."),
+    model: str = typer.Option("7b", help="7b, 14b or tiny: picks the preset when --config is not given."),
     rank: int = typer.Option(None, help="LoRA rank (preset: 8)."),
     scale: float = typer.Option(None, help="LoRA multiplier, official semantics: delta = scale * up(down(x)) (preset: 1)."),
     alpha: float = typer.Option(None, help="Alternative to --scale in peft terms: scale = alpha / rank."),
@@ -64,10 +64,13 @@ def posttrain(
     The run folder holds config.yaml (rerun with --config), adapters/, state/, metrics.csv, samples/.
     Under `srun` with several tasks or under `torchrun`, each task trains in its own process.
     """
+    from cosmos_lora.config.build import build_experiment
     from cosmos_lora.config.experiment import to_yaml
-    from cosmos_lora.distributed import adopt_slurm_environment, external_launch
+    from cosmos_lora.distributed import Launch, adopt_slurm_environment, default_nproc, external_launch
     from cosmos_lora.errors import UserError
+    from cosmos_lora.run_folder import RunFolder
     from cosmos_lora.train import launch as launcher
+    from cosmos_lora.train.checks import read_validation_prompts
 
     if scale is not None and alpha is not None:
         raise UserError("--scale and --alpha set the same thing.", "give only one of them.")
@@ -84,33 +87,22 @@ def posttrain(
     if extra_targets:
         options["model.lora.extra_targets"] = list(extra_targets)
     if validation_prompts is not None:
-        options["trainer.validation.prompts"] = launcher.read_validation_prompts(validation_prompts)
+        options["trainer.validation.prompts"] = read_validation_prompts(validation_prompts)
     adopt_slurm_environment()
     launched = external_launch()  # srun or torchrun started this process: it is one of the workers
-    run = (launcher.Launch(launched.world_size) if launched
-           else launcher.Launch(nproc or launcher.default_nproc(), nnodes, node_rank, rdzv_endpoint))
-    experiment = launcher.build_experiment(
-        config or MODEL_PRESETS[model], ctx.obj, dataset, options, list(ctx.args), name, run, alpha
-    )
+    shape = Launch(launched.world_size) if launched else Launch(nproc or default_nproc(), nnodes, node_rank, rdzv_endpoint)
+    experiment = build_experiment(config or MODEL_PRESETS[model], ctx.obj, dataset, options, list(ctx.args), name, shape, alpha)
     if validation_prompts is not None and not experiment.trainer.validate_every:
         raise UserError("--validation-prompts has no effect without validation.", "add --validate-every N.")
     if dry_run:
         result(to_yaml(experiment))
-        result(launcher.describe_command(Path(experiment.job.run_dir), run))
+        result(launcher.describe_command(RunFolder(Path(experiment.job.run_dir)), shape))
         return
-    run_dir = launcher.prepare(experiment, resume, launched)
-    reporting = launched is None or launched.is_main  # under srun/torchrun task 0 reports for all
-    if reporting:
-        note(f"Run folder: {run_dir}")
-    code, status = launcher.launch_training(run_dir, run)
-    if not reporting:
-        raise typer.Exit(code)
-    hint = launcher.resume_hint(run_dir, run, launched is not None)
-    ok, message = launcher.outcome_message(run_dir, code, status, hint)
-    if not ok:
-        raise UserError(message)
+    run, message, outcome = launcher.posttrain(experiment, shape, resume, launched, announce=note)
+    if message is None:  # another task of srun/torchrun: task 0 reports for all
+        raise typer.Exit(outcome.code)
     note(message)
-    result(str(run_dir))
+    result(str(run.path))
 
 
 def register(app: typer.Typer) -> None:
@@ -120,6 +112,7 @@ def register(app: typer.Typer) -> None:
             "cosmos-lora posttrain --dataset vript/sports --rank 16 --scale 2 --lr 1e-4 --grad-accum 4 --epochs 3",
             "cosmos-lora posttrain --dataset vript/sports --dry-run -- trainer.max_iter=200 model.activation_checkpointing=0.5",
             "cosmos-lora posttrain --config outputs/runs/<run>/config.yaml --resume",
+            "cosmos-lora posttrain --model 14b --dataset vript/sports --grad-accum 4 --dry-run",
             "cosmos-lora posttrain --model tiny --dataset demo/shapes --nproc 2",
             "cosmos-lora posttrain --dataset vript/sports --validate-every 200 --validation-prompts prompts.txt",
             "srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 cosmos-lora posttrain --dataset vript/sports",

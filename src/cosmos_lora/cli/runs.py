@@ -20,7 +20,7 @@ def runs(ctx: typer.Context, json_: bool = typer.Option(False, "--json", help="O
         return
     from cosmos_lora.train.runs import list_runs
 
-    runs_dir = ctx.obj.outputs / "runs"
+    runs_dir = ctx.obj.runs
     summaries = list_runs(runs_dir)
     if json_:
         result_json({"runs_dir": str(runs_dir), "runs": [s.to_dict() for s in summaries]})
@@ -46,19 +46,20 @@ def show(
     """The run's resolved config, its state and a summary of its metrics."""
     from omegaconf import OmegaConf
 
-    from cosmos_lora.train.runs import find_run, metrics_summary, read_metrics, summarize, write_loss_plot
+    from cosmos_lora.run_folder import RunFolder
+    from cosmos_lora.train.runs import metrics_summary, read_metrics, summarize, write_loss_plot
 
-    run_dir = find_run(name, ctx.obj.outputs / "runs")
-    summary, rows = summarize(run_dir), read_metrics(run_dir)
+    run = RunFolder.resolve(name, ctx.obj.runs)
+    summary, rows = summarize(run.path), read_metrics(run.path)
     metrics = metrics_summary(rows, summary.steps_total, summary.state)
     if plot is not None:
         write_loss_plot(rows, plot, summary.name)
         note(f"Loss curve: {plot}")
     if json_:
-        config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+        config = OmegaConf.to_container(OmegaConf.load(run.config_file))
         result_json({"run": summary.to_dict(), "metrics": metrics, "config": config})
         return
-    result((run_dir / "config.yaml").read_text().rstrip())
+    result(run.config_file.read_text().rstrip())
     result("")
     result(f"run       {summary.path}")
     result(f"state     {summary.state}" + (f" ({summary.message})" if summary.message else ""))

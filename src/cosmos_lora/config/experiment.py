@@ -1,8 +1,10 @@
 """Building an experiment: preset + CLI options + `key=value` overrides -> one resolved tree.
 
 Presets are Python files in the project's `configs/` folder (or COSMOS_LORA_CONFIGS) that define
-`config`, a LazyDict. The saved `config.yaml` of a run is itself a valid `--config` input, so a
-run can always be repeated from its folder.
+`config`, a LazyDict: code, run when loaded. The package reaches them as `cosmos_lora/presets` (a link
+to `configs/` in the source tree, a copy in an installed wheel), so an installed package finds them too.
+The saved `config.yaml` of a run is itself a valid `--config` input, so a run can always be repeated
+from its folder; it is data, and may only name the callables `lazy.allowed_targets()` lists.
 """
 
 import importlib.util
@@ -12,15 +14,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from cosmos_lora.config.lazy import LazyDict
+from cosmos_lora.config.lazy import LazyDict, check_targets
 from cosmos_lora.errors import UserError
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import publishing
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+PACKAGED_PRESETS = Path(__file__).resolve().parents[1] / "presets"
 
 
 def configs_dir() -> Path:
-    return Path(os.environ.get("COSMOS_LORA_CONFIGS", PROJECT_ROOT / "configs"))
+    return Path(os.environ.get("COSMOS_LORA_CONFIGS") or PACKAGED_PRESETS)
 
 
 def preset_names() -> list[str]:
@@ -37,8 +39,10 @@ def load_preset(name_or_path: str | Path) -> LazyDict:
             f"No config {name_or_path!r} (looked for {path}).",
             f"use one of the presets {preset_names()} or the path of a run's config.yaml.",
         )
-    if path.suffix in (".yaml", ".yml"):
-        return OmegaConf.load(path)
+    if path.suffix in (".yaml", ".yml"):  # data, from anywhere: it may only name allowed callables
+        config = OmegaConf.load(path)
+        check_targets(config, where=str(path))
+        return config
     spec = importlib.util.spec_from_file_location(f"cosmos_lora_preset_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -78,14 +82,27 @@ def resolved(config: LazyDict) -> LazyDict:
 
 def save_config(config: LazyDict, path: Path) -> None:
     """Atomic YAML write, read back once to prove it round-trips."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    tmp.write_text(OmegaConf.to_yaml(config))
-    if OmegaConf.load(tmp) != config:
-        tmp.unlink()
-        raise RuntimeError(f"config did not round-trip through YAML: {path}")
-    tmp.replace(path)
+    with publishing(Path(path)) as tmp:
+        tmp.write_text(OmegaConf.to_yaml(config))
+        if OmegaConf.load(tmp) != config:
+            raise RuntimeError(f"config did not round-trip through YAML: {path}")
 
 
 def to_yaml(config: LazyDict) -> str:
     return OmegaConf.to_yaml(config)
+
+
+def changed_keys(old: LazyDict, new: LazyDict) -> list[str]:
+    """Dotted keys whose values differ between two trees (or that only one of them has)."""
+    before, after = _flatten(OmegaConf.to_container(old)), _flatten(OmegaConf.to_container(new))
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    items = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            items.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items

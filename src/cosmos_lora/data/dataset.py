@@ -6,15 +6,18 @@ a bad sample instead of quietly swapping in another one.
 """
 
 import os
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cosmos_lora.data.embeddings import pad_embedding, read_t5_embedding
+from cosmos_lora.data.embeddings import (caption_sha256, embedding_source, pad_embedding, read_caption,
+                                         read_t5_embedding)
 from cosmos_lora.data.latents import latent_problem, latent_shape, load_latent
 from cosmos_lora.data.layout import DatasetLayout
 from cosmos_lora.data.video import probe_video, read_video, resize_cover_crop
@@ -74,7 +77,7 @@ class VideoTextDataset(Dataset):
             "t5_text_embeddings": embedding,
             "t5_text_mask": mask,
             "fps": torch.tensor(fps, dtype=torch.float32),
-            "caption": _read_caption(self.layout.caption(clip)),
+            "caption": read_caption(self.layout.caption(clip)),
             "name": clip,
         }
 
@@ -97,95 +100,161 @@ def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
 
 
 def check_dataset(root: Path, num_frames: int, height: int | None = None, width: int | None = None,
-                  latents_dir: Path | None = None) -> list[str]:
+                  latents_dir: Path | None = None, text_width: int | None = None) -> list[str]:
     """Every problem with a dataset folder, each naming its file; empty when training can start.
 
-    Checks each clip's caption, embedding, decodability, frame count and (when given) that it is at
-    least height x width, so nothing gets upscaled; then that all embeddings share one width D.
-    With `latents_dir` (needs height and width), also that the cache holds a current latent for
-    every clip. Videos are probed, not decoded to pixels, several at a time.
+    Checks each clip's caption (present, UTF-8, not empty), embedding (readable, made from the
+    caption the clip has now when its record says so), decodability, frame count and (when given)
+    that it is at least height x width, so nothing gets upscaled; then that every embedding has the
+    model's width `text_width` (when given; else that all share one width) and that the recorded
+    ones come from one text encoder. With `latents_dir` (needs height and width), also that the
+    cache holds a current latent for every clip. Videos are probed, not decoded to pixels, several
+    at a time.
     """
-    layout = DatasetLayout(Path(root))
-    if not layout.videos_dir.is_dir():
-        return [f"{layout.videos_dir}: folder is missing."]
-    clips = layout.clips()
-    if not clips:
-        return [f"{layout.videos_dir}: no .mp4 videos in it."]
-    shape = None
-    if latents_dir is not None:
-        if not (height and width):
-            raise ValueError("check_dataset needs height and width to check a latent cache.")
-        shape = latent_shape(num_frames, height, width)
-        if not Path(latents_dir).is_dir():
-            return _check_all(layout, clips, num_frames, height, width, None) + [
-                f"{latents_dir}: no latent cache for this tokenizer, frame count and size."]
-    return _check_all(layout, clips, num_frames, height, width, (Path(latents_dir), shape) if shape else None)
-
-
-def _check_all(layout: DatasetLayout, clips: list[str], num_frames: int, height: int | None, width: int | None,
-               cache: tuple[Path, tuple] | None) -> list[str]:
-    def check(clip: str) -> tuple[list[str], int | None]:
-        problems, embedding_width = _check_clip(layout, clip, num_frames, height, width)
-        missing = latent_problem(cache[0], clip, layout.video(clip), cache[1]) if cache else None
-        return problems + ([missing] if missing else []), embedding_width
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # ffmpeg runs outside the GIL
-        reports = list(pool.map(check, clips))
-    problems = [problem for clip_problems, _ in reports for problem in clip_problems]
-    widths = {layout.embedding(clip): d for clip, (_, d) in zip(clips, reports) if d is not None}
-    return problems + _embedding_width_problems(widths)
+    return _inspect(root, num_frames, height, width, latents_dir, text_width).problems
 
 
 def require_valid_dataset(root: Path, num_frames: int, height: int | None = None, width: int | None = None,
-                          name: str | None = None, latents_dir: Path | None = None) -> None:
-    """Raises one UserError listing every problem `check_dataset` finds (the first 20, then a count)."""
-    problems = check_dataset(root, num_frames, height, width, latents_dir)
+                          name: str | None = None, latents_dir: Path | None = None,
+                          text_width: int | None = None) -> None:
+    """Raises one UserError listing every problem `check_dataset` finds (the first 20, then a count).
+
+    Embeddings without a record (made by the official scripts or another tool) cannot be checked
+    against their captions: they are accepted, with one note saying how many.
+    """
+    report = _inspect(root, num_frames, height, width, latents_dir, text_width)
+    dataset = name or str(root)
+    if report.unrecorded and not report.problems:
+        print(f"Note: {len(report.unrecorded)} embedding(s) in {DatasetLayout(Path(root)).t5_dir} have no record of "
+              f"the caption they were made from (made by another tool); they are used as they are. "
+              f"`cosmos-lora embed --dataset {dataset}` re-embeds them with one.", file=sys.stderr)
+    problems = report.problems
     if not problems:
         return
     listed = problems[:MAX_LISTED_PROBLEMS]
     if len(problems) > MAX_LISTED_PROBLEMS:
         listed.append(f"... and {len(problems) - MAX_LISTED_PROBLEMS} more.")
-    dataset = name or str(root)
     latents = (f" (add `--latents --frames {num_frames} --resolution {height} {width}` for missing or stale "
                "latents)") if latents_dir is not None else ""
     raise UserError(
         f"Dataset {root} is not ready for training ({len(problems)} problem(s)):\n  " + "\n  ".join(listed) + "\n",
-        f"run `cosmos-lora embed --dataset {dataset}` for missing or bad embeddings{latents}, re-run "
-        "`cosmos-lora prepare` for missing captions or short/small/broken clips, or remove the listed clips.",
+        f"run `cosmos-lora embed --dataset {dataset}` for missing, stale or bad embeddings{latents}, re-run "
+        "`cosmos-lora prepare` for missing or unreadable captions or short/small/broken clips, or remove the "
+        "listed clips.",
     )
 
 
+def dit_text_width(dit: Path) -> int:
+    """The embedding width D the DiT checkpoint at `dit` cross-attends to (read memory-mapped)."""
+    from cosmos_lora.model.checkpoint import read_official_checkpoint, unwrap_container
+    from cosmos_lora.model.dit import size_from_state_dict
+
+    try:
+        return size_from_state_dict(unwrap_container(read_official_checkpoint(dit))).text_embed_dim
+    except (KeyError, ValueError, IndexError, AttributeError):  # a readable file that is not a Cosmos DiT
+        raise UserError(f"{dit} is not a Cosmos-Predict1 DiT checkpoint.",
+                        "run `cosmos-lora download`, or point --checkpoints-dir at the official folders.") from None
+
+
+@dataclass
+class _ClipReport:
+    problems: list[str]
+    embedding_width: int | None = None
+    text_encoder: str | None = None  # from the embedding's record
+    unrecorded: bool = False  # a readable embedding that no record describes
+
+
+@dataclass
+class _DatasetReport:
+    problems: list[str]
+    unrecorded: list[str]  # embedding files
+
+
+def _inspect(root: Path, num_frames: int, height: int | None, width: int | None, latents_dir: Path | None,
+             text_width: int | None) -> _DatasetReport:
+    layout = DatasetLayout(Path(root))
+    if not layout.videos_dir.is_dir():
+        return _DatasetReport([f"{layout.videos_dir}: folder is missing."], [])
+    clips = layout.clips()
+    if not clips:
+        return _DatasetReport([f"{layout.videos_dir}: no .mp4 videos in it."], [])
+    cache, no_cache = None, []
+    if latents_dir is not None:
+        if not (height and width):
+            raise ValueError("check_dataset needs height and width to check a latent cache.")
+        if Path(latents_dir).is_dir():
+            cache = (Path(latents_dir), latent_shape(num_frames, height, width))
+        else:
+            no_cache = [f"{latents_dir}: no latent cache for this tokenizer, frame count and size."]
+
+    def check(clip: str) -> _ClipReport:
+        report = _check_clip(layout, clip, num_frames, height, width)
+        missing = latent_problem(cache[0], clip, layout.video(clip), cache[1]) if cache else None
+        report.problems += [missing] if missing else []
+        return report
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # ffmpeg runs outside the GIL
+        reports = dict(zip(clips, pool.map(check, clips)))
+    problems = [problem for report in reports.values() for problem in report.problems]
+    widths = {layout.embedding(c): r.embedding_width for c, r in reports.items() if r.embedding_width is not None}
+    encoders = {layout.embedding(c): r.text_encoder for c, r in reports.items() if r.text_encoder is not None}
+    problems += _embedding_width_problems(widths, text_width) + _mixed_encoder_problems(encoders) + no_cache
+    return _DatasetReport(problems, [str(layout.embedding(c)) for c, r in reports.items() if r.unrecorded])
+
+
 def _check_clip(layout: DatasetLayout, clip: str, num_frames: int, height: int | None,
-                width: int | None) -> tuple[list[str], int | None]:
-    """Problems with one clip, and its embedding width D when the embedding is readable."""
-    problems = []
-    video_path, caption_path, embedding_path = layout.video(clip), layout.caption(clip), layout.embedding(clip)
+                width: int | None) -> _ClipReport:
+    """Problems with one clip, and what its embedding is (width, recorded encoder) when readable."""
+    video_path, caption_path = layout.video(clip), layout.caption(clip)
+    caption = None
     if not caption_path.is_file():
-        problems.append(f"{video_path}: no caption ({caption_path} is missing).")
-    elif not caption_path.read_text(encoding="utf-8", errors="replace").strip():
-        problems.append(f"{caption_path}: caption is empty.")
-    embedding_width = None
-    if not embedding_path.is_file():
-        problems.append(f"{video_path}: no embedding ({embedding_path} is missing).")
+        problems = [f"{video_path}: no caption ({caption_path} is missing)."]
     else:
         try:
-            embedding_width = read_t5_embedding(embedding_path).shape[1]
+            caption = read_caption(caption_path)
+            problems = [] if caption else [f"{caption_path}: caption is empty."]
         except UserError as err:
-            problems.append(err.problem)
+            problems = [err.problem]
+    report = _check_embedding(layout, clip, caption)
+    report.problems[:0] = problems
     try:
         info = probe_video(video_path)
     except UserError as err:
-        return problems + [err.problem], embedding_width
+        report.problems.append(err.problem)
+        return report
     if info.frames < num_frames:
-        problems.append(f"{video_path}: has {info.frames} frames; training needs {num_frames}.")
+        report.problems.append(f"{video_path}: has {info.frames} frames; training needs {num_frames}.")
     if (height and info.height < height) or (width and info.width < width):
-        problems.append(f"{video_path}: is {info.height}x{info.width} (HxW), smaller than the training size "
-                        f"{height or info.height}x{width or info.width}; it would be upscaled.")
-    return problems, embedding_width
+        report.problems.append(f"{video_path}: is {info.height}x{info.width} (HxW), smaller than the training size "
+                               f"{height or info.height}x{width or info.width}; it would be upscaled.")
+    return report
 
 
-def _embedding_width_problems(widths: dict[Path, int]) -> list[str]:
-    """Files whose embedding width D differs from the most common one (they came from another encoder)."""
+def _check_embedding(layout: DatasetLayout, clip: str, caption: str | None) -> _ClipReport:
+    """The embedding readable, and made from `caption` (the clip's current caption) if recorded."""
+    path = layout.embedding(clip)
+    if not path.is_file():
+        return _ClipReport([f"{layout.video(clip)}: no embedding ({path} is missing)."])
+    try:
+        data = path.read_bytes()
+        width = read_t5_embedding(path, data).shape[1]
+    except OSError as err:
+        return _ClipReport([f"{path}: cannot be read ({err.strerror or err})."])
+    except UserError as err:
+        return _ClipReport([err.problem])
+    source = embedding_source(path, data)
+    if source is None:
+        return _ClipReport([], width, unrecorded=True)
+    stale = caption is not None and source.caption_sha256 != caption_sha256(caption)
+    problems = [f"{layout.caption(clip)}: caption changed since its embedding {path} was made."] if stale else []
+    return _ClipReport(problems, width, source.text_encoder)
+
+
+def _embedding_width_problems(widths: dict[Path, int], text_width: int | None) -> list[str]:
+    """Files whose embedding width D is not the model's, or (model unknown) not the most common one."""
+    if text_width is not None:
+        return [f"{path}: embedding width D={d}, the model takes D={text_width} (made by another text encoder)."
+                for path, d in widths.items() if d != text_width]
     counts = Counter(widths.values())
     if len(counts) <= 1:
         return []
@@ -194,7 +263,13 @@ def _embedding_width_problems(widths: dict[Path, int]) -> list[str]:
             for path, d in widths.items() if d != common]
 
 
-def _read_caption(path: Path) -> str:
-    if not path.is_file():
-        raise UserError(f"Caption {path} is missing.", "re-run `cosmos-lora prepare`, or write the caption there.")
-    return path.read_text(encoding="utf-8").strip()
+def _mixed_encoder_problems(encoders: dict[Path, str]) -> list[str]:
+    """Recorded embeddings made by a text encoder other than the one most of them come from."""
+    counts = Counter(encoders.values())
+    if len(counts) <= 1:
+        return []
+    common, count = counts.most_common(1)[0]
+    return [f"{path}: made by text encoder {name}, {count} other(s) by {common}."
+            for path, name in encoders.items() if name != common]
+
+

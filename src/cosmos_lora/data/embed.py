@@ -1,28 +1,34 @@
 """`cosmos-lora embed`: T5 caption embeddings (official pickles) and, optionally, the latent cache.
 
-One process per GPU (`launch_embed` starts them through torchrun; on a CPU machine one process).
+One process per GPU (`launch_embed` starts them through `distributed.launch`; on a CPU machine one process).
 Rank r of w takes clips[r::w] of the sorted clip list, so every clip is done exactly once and no
 process needs to talk to another until the end. Work is batched; a CUDA out-of-memory error
-halves the batch and retries it. Clips whose embedding (or current latent) already exists are
-skipped, so an interrupted run resumes. A clip that cannot be encoded is skipped and listed, and
+halves the batch and retries it. Clips whose embedding (or latent) is current are skipped, so an
+interrupted run resumes: an embedding is current while its record (`t5_xxl/<clip>.json`) names the
+clip's caption as it is now and this text encoder; one with no record (made by another tool) is
+redone, since it cannot be verified. A latent is current while its recorded fingerprint matches
+the clip file's content. A clip that cannot be encoded is skipped and listed, and
 the rest carry on. Progress and ETA show on rank 0 (its shard is the same size as the others).
 
     python -m cosmos_lora.data.embed JOB.json      # what torchrun starts on each GPU
 """
 
 import json
+import os
 import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cosmos_lora.data.embeddings import read_t5_embedding, write_t5_embedding
+from cosmos_lora.data.embeddings import (EmbeddingSource, caption_sha256, embedding_source, read_caption,
+                                         read_t5_embedding, text_encoder_fingerprint, write_embedding_record,
+                                         write_t5_embedding)
 from cosmos_lora.data.latents import (CACHE_INFO, cache_info, latent_cache_dir, latent_problem, latent_shape,
                                       video_fingerprint, write_cache_info, write_latent)
 from cosmos_lora.data.layout import FAILED_COLUMNS, DatasetLayout, write_csv
@@ -30,6 +36,7 @@ from cosmos_lora.errors import UserError
 from cosmos_lora.progress import progress_bar
 
 DECODE_THREADS = 4  # ffmpeg decodes in its own processes; threads only wait on them
+QUIET = "--quiet"  # a worker without progress bars
 
 
 @dataclass(frozen=True)
@@ -72,16 +79,15 @@ class EmbedSummary:
     latent_failures: list[dict] = field(default_factory=list)  # failed.csv rows: source (video), reason
     latents_dir: str | None = None
     encoded_clips: list[str] = field(default_factory=list)
+    bad_captions: list[str] = field(default_factory=list)  # problems: captions that cannot be read as text
+    redone_changed: int = 0  # of `embedded`: made from another caption or text encoder before
+    redone_unrecorded: int = 0  # of `embedded`: had no record (made by another tool), so unverifiable
 
     def merge(self, other: "EmbedSummary") -> "EmbedSummary":
         """The summary of two shards."""
-        def add(name):
-            return getattr(self, name) + getattr(other, name)
-
-        return EmbedSummary(*(add(f) for f in ("embedded", "skipped_existing", "missing_captions", "embedded_clips",
-                                              "latents_encoded", "latents_skipped_existing", "latent_failures")),
-                            latents_dir=self.latents_dir or other.latents_dir,
-                            encoded_clips=add("encoded_clips"))
+        summed = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)
+                  if f.name != "latents_dir"}
+        return EmbedSummary(**summed, latents_dir=self.latents_dir or other.latents_dir)
 
 
 class HalvingBatches:
@@ -127,11 +133,22 @@ class HalvingBatches:
 
 def embed_dataset(root: Path, text_encoder_dir: Path, device: torch.device, dtype: torch.dtype, batch_size: int = 16,
                   rank: int = 0, world_size: int = 1, show_progress: bool = True) -> EmbedSummary:
-    """Writes `t5_xxl/<clip>.pickle` for this rank's share of the clips that lack a valid one."""
+    """Writes `t5_xxl/<clip>.pickle` and its record for this rank's share of the clips whose embedding
+    is missing, unreadable, unrecorded, or made from another caption or text encoder."""
     layout = DatasetLayout(Path(root))
     clips = _all_clips(layout)[rank::world_size]
-    missing = [c for c in clips if not layout.caption(c).is_file()]
-    todo = [c for c in clips if c not in missing and not _has_valid_embedding(layout.embedding(c))]
+    encoder_id = text_encoder_fingerprint(text_encoder_dir)  # None: no T5 there (an error only if needed)
+    captions, missing, bad = {}, [], []
+    for clip in clips:
+        if not layout.caption(clip).is_file():
+            missing.append(str(layout.caption(clip)))
+            continue
+        try:
+            captions[clip] = read_caption(layout.caption(clip))
+        except UserError as err:
+            bad.append(err.problem)
+    reasons = {clip: _redo_reason(layout.embedding(clip), text, encoder_id) for clip, text in captions.items()}
+    todo = [clip for clip, reason in reasons.items() if reason is not None]
     if todo:
         from cosmos_lora.model.text_encoder import T5TextEncoder
 
@@ -139,21 +156,31 @@ def embed_dataset(root: Path, text_encoder_dir: Path, device: torch.device, dtyp
         batches = HalvingBatches(batch_size, _halving_note("T5", rank))
         with progress_bar(show_progress and rank == 0) as progress:
             task = progress.add_task("caption embeddings", total=len(todo))
-            for batch, embeddings in batches.run(todo, lambda batch: encoder.encode(
-                    [layout.caption(c).read_text(encoding="utf-8").strip() for c in batch])):
+            for batch, embeddings in batches.run(todo, lambda batch: encoder.encode([captions[c] for c in batch])):
                 for clip, embedding in zip(batch, embeddings):
                     write_t5_embedding(layout.embedding(clip), embedding)
+                    write_embedding_record(layout.embedding(clip),
+                                           EmbeddingSource(caption_sha256(captions[clip]), encoder_id))
                 progress.advance(task, len(batch))
-    return EmbedSummary(len(todo), len(clips) - len(missing) - len(todo), [str(layout.caption(c)) for c in missing],
-                        embedded_clips=todo)
+    redone = [reasons[c] for c in todo]
+    return EmbedSummary(len(todo), len(captions) - len(todo), missing, embedded_clips=todo, bad_captions=bad,
+                        redone_changed=redone.count("changed"), redone_unrecorded=redone.count("unrecorded"))
 
 
-def _has_valid_embedding(path: Path) -> bool:
+def _redo_reason(path: Path, caption: str, encoder_id: str | None) -> str | None:
+    """Why the embedding at `path` must be made (again) from `caption`: "missing" (or unreadable),
+    "unrecorded" (cannot be verified), "changed" (other caption or text encoder); None if current."""
     try:
-        read_t5_embedding(path)
-        return True
+        data = path.read_bytes()
+        read_t5_embedding(path, data)
     except (UserError, OSError):
-        return False
+        return "missing"
+    source = embedding_source(path, data)
+    if source is None:
+        return "unrecorded"
+    if source.caption_sha256 != caption_sha256(caption) or encoder_id not in (None, source.text_encoder):
+        return "changed"
+    return None
 
 
 # ---------------------------------------------------------------- the latent cache
@@ -295,39 +322,37 @@ def finish_embed(job: EmbedJob, shards: list[EmbedSummary]) -> EmbedSummary:
 
 
 def launch_embed(job: EmbedJob, nproc: int, show_progress: bool = True) -> EmbedSummary:
-    """Runs the job in this process, or in `nproc` processes through torchrun (each writes its own summary)."""
-    from cosmos_lora.distributed import init_distributed, launched_by_torchrun, run_torchrun, stopped_by_signal, torchrun_command
+    """Runs the job in `nproc` processes (through torchrun; one runs in this process), each writing
+    its own summary; under the user's own torchrun, this rank's share only."""
+    from cosmos_lora.distributed import Launch, launch, launched_by_torchrun
 
     check_embed_job(job)
-    if launched_by_torchrun():  # started by the user's own torchrun: this rank's share only
-        dist_info = init_distributed(process_group=False)
-        summary = run_embed(job, dist_info, show_progress and dist_info.is_main)
-        return finish_embed(job, [summary]) if dist_info.world_size == 1 else summary
-    if nproc == 1:
-        return finish_embed(job, [run_embed(job, init_distributed(process_group=False), show_progress)])
     with tempfile.TemporaryDirectory(prefix="cosmos-lora-embed-") as folder:
         job_file = Path(folder) / "job.json"
         job_file.write_text(job.to_json(), encoding="utf-8")
-        code = run_torchrun(torchrun_command("cosmos_lora.data.embed", [str(job_file), folder], nproc))
-        shards = sorted(Path(folder).glob("summary.rank*.json"))
-        if stopped_by_signal(code):
-            raise UserError("Stopped before every clip was embedded.",
-                            "rerun the same command: finished embeddings and latents are kept.")
-        if code != 0 or len(shards) != nproc:
-            raise UserError(f"Embedding failed in a worker process (exit code {code}); see the messages above.",
-                            "fix what they name and rerun the same command: finished embeddings and latents are kept.")
-        return finish_embed(job, [EmbedSummary(**json.loads(p.read_text(encoding="utf-8"))) for p in shards])
+        outcome = launch("cosmos_lora.data.embed", [str(job_file), folder] + ([] if show_progress else [QUIET]),
+                         Launch(nproc))
+        outcome.raise_unless_finished("every clip was embedded",
+                                      "rerun the same command: finished embeddings and latents are kept.")
+        shards = [EmbedSummary(**json.loads(p.read_text(encoding="utf-8")))
+                  for p in sorted(Path(folder).glob("summary.rank*.json"))]
+    if launched_by_torchrun():  # the user's own torchrun: this rank's share only
+        return shards[0] if int(os.environ["WORLD_SIZE"]) > 1 else finish_embed(job, shards)
+    if len(shards) != nproc:
+        raise UserError(f"{nproc - len(shards)} of {nproc} embedding processes ended without a summary.",
+                        "rerun the same command: finished embeddings and latents are kept.")
+    return finish_embed(job, shards)
 
 
 def main(argv: list[str]) -> int:
-    """torchrun's entry: `python -m cosmos_lora.data.embed JOB.json FOLDER`; each process writes
+    """A worker: `python -m cosmos_lora.data.embed JOB.json FOLDER [--quiet]`; each process writes
     `FOLDER/summary.rank<r>.json`. The processes never talk to each other, so no process group."""
     from cosmos_lora.distributed import run_worker
 
     job = EmbedJob.from_json(Path(argv[0]).read_text(encoding="utf-8"))
 
     def work(dist_info) -> None:
-        summary = run_embed(job, dist_info)
+        summary = run_embed(job, dist_info, show_progress=QUIET not in argv)
         shard = Path(argv[1]) / f"summary.rank{dist_info.rank}.json"
         shard.write_text(json.dumps(asdict(summary)), encoding="utf-8")
 

@@ -15,8 +15,9 @@
 The key names everything that changes a latent, so a cache made with another tokenizer, size or
 frame count is simply another folder and is never read by mistake. The tokenizer hash covers the
 files `encode` uses (encoder.jit, mean_std.pt), not their path. Inside a folder an entry is used
-only while its recorded fingerprint (size and first/last 64 KiB) still matches the clip's video, so
-a clip re-cut by `prepare` falls back to decoding until `embed --latents` encodes it again.
+only while its recorded fingerprint (size and SHA-256 of the whole clip file) still matches the
+clip's video, so a clip re-cut by `prepare` or replaced by hand falls back to decoding until
+`embed --latents` encodes it again.
 """
 
 import functools
@@ -30,13 +31,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cosmos_lora.model.tokenizer import LATENT_CHANNELS, SPATIAL_COMPRESSION, latent_frames
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import atomic_write, publishing
 
 LATENTS_DIR = "latents"
 CACHE_INFO = "cache.json"
 TENSOR = "latent"
 HASHED_TOKENIZER_FILES = ("encoder.jit", "mean_std.pt")  # what `VideoTokenizer.encode` depends on
-_FINGERPRINT_BYTES = 64 * 1024
 
 
 def latent_cache_dir(root: Path, tokenizer_dir: Path, num_frames: int, height: int, width: int,
@@ -85,27 +85,30 @@ def latent_path(cache_dir: Path, clip: str) -> Path:
 
 
 def video_fingerprint(path: Path) -> str:
-    """Size and a hash of the first and last 64 KiB: cheap, and changed by any re-encode of the clip."""
-    size = os.path.getsize(path)
-    digest = hashlib.blake2b(digest_size=16)
+    """`<size>:sha256:<hex>` of the clip file's whole content: any re-cut or replaced clip differs,
+    whatever its name, size or mtime. Hashed once per process while the file is untouched."""
+    stat = os.stat(path)
+    return _content_fingerprint(str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns,
+                                stat.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _content_fingerprint(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """The memo key is the file's identity and change times (ctime moves on every write or
+    rename and cannot be set back), so a changed file is always hashed again."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        digest.update(f.read(_FINGERPRINT_BYTES))
-        f.seek(max(0, size - _FINGERPRINT_BYTES))
-        digest.update(f.read(_FINGERPRINT_BYTES))
-    return f"{size}:{digest.hexdigest()}"
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return f"{size}:sha256:{digest.hexdigest()}"
 
 
 def write_latent(cache_dir: Path, clip: str, latent: torch.Tensor, fps: float, fingerprint: str) -> Path:
     """Stores float32 `[16, t, h, w]` with its key, fps and video fingerprint; temporary file, then rename."""
     path = latent_path(cache_dir, clip)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
     metadata = {"key": Path(cache_dir).name, "fps": repr(float(fps)), "video": fingerprint}
-    try:
+    with publishing(path) as tmp:
         save_file({TENSOR: latent.detach().to("cpu", torch.float32).contiguous()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -142,11 +145,7 @@ def load_latent(cache_dir: Path, clip: str, video: Path, shape: tuple[int, ...])
 
 
 def write_cache_info(cache_dir: Path, info: dict) -> None:
-    path = Path(cache_dir) / CACHE_INFO
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(Path(cache_dir) / CACHE_INFO, json.dumps(info, indent=1) + "\n")
 
 
 def cache_info(tokenizer_dir: Path, num_frames: int, height: int, width: int, pixel_chunk: int,

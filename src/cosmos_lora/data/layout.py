@@ -4,18 +4,19 @@
 <root>/videos/<clip>.mp4      one training clip
 <root>/metas/<clip>.txt       its caption
 <root>/t5_xxl/<clip>.pickle   its T5 embedding (written by `cosmos-lora embed`)
+<root>/t5_xxl/<clip>.json     what that embedding was made from (see `data.embeddings`)
 <root>/index.csv              where each clip came from (written by `prepare`)
 <root>/failed.csv             sources `prepare` skipped, with the reason
+<root>/cut.json               how `prepare` cut the clips (frames, size, limits): one cut per dataset
 ```
 Every stage names these paths through `DatasetLayout` so they cannot drift apart.
 """
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import publishing
 
 INDEX_COLUMNS = ["clip", "source", "start_frame", "start_time", "fps", "frames", "height", "width", "caption_source"]
 FAILED_COLUMNS = ["source", "reason"]
@@ -45,6 +46,10 @@ class DatasetLayout:
     def failed_csv(self) -> Path:
         return self.root / "failed.csv"
 
+    @property
+    def cut_json(self) -> Path:
+        return self.root / "cut.json"
+
     def video(self, clip: str) -> Path:
         return self.videos_dir / f"{clip}.mp4"
 
@@ -73,13 +78,7 @@ def update_index(layout: DatasetLayout, rows: list[dict]) -> None:
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     """Writes a CSV with a header row, through a temporary file so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with publishing(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)

@@ -8,31 +8,56 @@ Three steps, kept apart so a new source only adds a parser:
      overlaps the window longest; or, for captioned time ranges, windows inside each range;
   3. a worker cuts all jobs of one source in a single decoding pass (`cut_source`).
 
-A long job must survive bad inputs and interruptions: a broken source is listed in `failed.csv`
-and the rest carry on; a clip already on disk with the right frame count and size is kept, so
-rerunning the same command resumes; every clip is written to a temporary file, renamed, then
-probed to verify it. Vript sources are split into one dataset per category:
-`<out_root>/<category-slug>/`, each with its own `index.csv`; `failed.csv` sits in `out_root`.
+A long job must survive bad inputs and interruptions: a broken or unreadable input is listed in
+`failed.csv` and the rest carry on; a clip already on disk with the right frame count and size is
+kept, so rerunning the same command resumes; every clip is written to a temporary file, renamed,
+then probed to verify it. Ctrl-C or SIGTERM stops every worker within seconds, each removing its
+temporary files, and ends in `Stopped`. A dataset holds one cut (`cut.json`: frames, size, limits);
+a rerun with another is refused, so clips of two sizes are never listed together. Vript sources are
+split into one dataset per category: `<out_root>/<category-slug>/`, each with its own `index.csv`;
+`failed.csv` and `cut.json` sit in `out_root`.
 """
 
+import contextlib
+import csv
+import json
+import logging
 import math
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
-from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cosmos_lora.data.layout import FAILED_COLUMNS, DatasetLayout, update_index, write_csv
 from cosmos_lora.data.sources import SOURCE_SUFFIXES, SourceVideo, TimedCaption, find_sources
 from cosmos_lora.data.sources import relative as _relative
 from cosmos_lora.data.video import VideoWriter, count_frames, iter_video_frames, probe_video, resize_cover_crop
-from cosmos_lora.errors import UserError
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.errors import EXIT_STOPPED, Stopped, UserError
+from cosmos_lora.files import atomic_write
 from cosmos_lora.progress import progress_bar
 
 TOO_SHORT = "too short"  # the start of every failed.csv reason counted as a short video, not a failure
+WORKER_GRACE_S = 10  # after a stop, how long a worker may take to remove its temporary files before it is killed
+
+
+@dataclass(frozen=True)
+class Cut:
+    """How a dataset's clips were cut; one per dataset, recorded in `cut.json`."""
+
+    frames: int
+    height: int
+    width: int
+    max_clips: int | None
+    pad: bool
+
+    def options(self) -> str:
+        text = f"--frames {self.frames} --resolution {self.height} {self.width}"
+        return text + (f" --max-clips {self.max_clips}" if self.max_clips else "") + (" --pad" if self.pad else "")
 
 
 @dataclass(frozen=True)
@@ -87,19 +112,26 @@ def prepare_clips(src: Path, out_root: Path, clip_frames: int = 121, max_clips_p
     """
     src, out_root = Path(src), Path(out_root)
     _check_arguments(src, clip_frames, max_clips_per_video, height, width, workers)
+    cut = Cut(clip_frames, height, width, max_clips_per_video, pad)
+    _check_cut(DatasetLayout(out_root), cut)
     sources, failures, source_format = find_sources(src, source_format, exclude=out_root)
     folder = src.parent if src.is_file() else src
     if not sources and not failures:
         raise UserError(f"No videos ({', '.join(SOURCE_SUFFIXES)}) found under {src}.",
                         "pass the folder that holds the raw videos (it is searched recursively).")
-    with progress_bar(show_progress) as progress, _executor(workers, len(sources)) as pool:
-        planner = _Call(plan_clips, clip_frames=clip_frames, max_clips=max_clips_per_video, pad=pad)
-        plans = list(_map(pool, planner, sources, progress.add_task("probing sources", total=len(sources)),
-                          progress))
-        all_jobs = [jobs for _, (jobs, _) in plans if jobs]
-        cutter = _Call(cut_source, out_root=out_root, clip_frames=clip_frames, height=height, width=width)
-        cut_task = progress.add_task("cutting clips", total=sum(len(jobs) for jobs in all_jobs))
-        cuts = list(_map(pool, cutter, all_jobs, cut_task, progress, advance=len))
+    atomic_write(DatasetLayout(out_root).cut_json, json.dumps(asdict(cut), indent=1) + "\n")
+    try:
+        with _stops_raised(), progress_bar(show_progress) as progress, _executor(workers, len(sources)) as pool:
+            planner = _Call(plan_clips, clip_frames=clip_frames, max_clips=max_clips_per_video, pad=pad)
+            plans = list(_map(pool, planner, sources, progress.add_task("probing sources", total=len(sources)),
+                              progress))
+            all_jobs = [jobs for _, (jobs, _) in plans if jobs]
+            cutter = _Call(cut_source, out_root=out_root, clip_frames=clip_frames, height=height, width=width)
+            cut_task = progress.add_task("cutting clips", total=sum(len(jobs) for jobs in all_jobs))
+            cuts = list(_map(pool, cutter, all_jobs, cut_task, progress, advance=len))
+    except (KeyboardInterrupt, _WorkerStopped):
+        raise Stopped("Stopped before every clip was cut; rerun the same command to continue "
+                      "(finished clips are kept).") from None
 
     too_short = [{"source": _relative(folder, s.path), "reason": reason} for s, (jobs, reason) in plans
                  if not jobs and reason.startswith(TOO_SHORT)]
@@ -293,10 +325,41 @@ def _clip_is_complete(path: Path, clip_frames: int, height: int, width: int) -> 
 def _write_text(path: Path, text: str) -> None:
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, text)
+
+
+# ---------------------------------------------------------------- one cut per dataset
+
+
+def _check_cut(layout: DatasetLayout, cut: Cut) -> None:
+    """Refuses a run whose cut differs from the one the dataset holds (`cut.json`; for a dataset from
+    before it, the sizes in index.csv). Mixing would list clips of two sizes together."""
+    recorded = _recorded_cut(layout)
+    if recorded is None or recorded == {k: v for k, v in asdict(cut).items() if k in recorded}:
+        return
+    was = Cut(**recorded).options() if set(recorded) == set(asdict(cut)) else ", ".join(
+        f"{k} {v}" for k, v in recorded.items())
+    raise UserError(f"{layout.root} holds clips cut with {was}; this run asks for {cut.options()}, and one dataset "
+                    "cannot hold both.",
+                    f"rerun with {was}, pick another --name, or delete {layout.root} to cut it anew.")
+
+
+def _recorded_cut(layout: DatasetLayout) -> dict | None:
+    if layout.cut_json.is_file():
+        try:
+            recorded = json.loads(layout.cut_json.read_text(encoding="utf-8"))
+            Cut(**recorded)
+            return recorded
+        except (ValueError, TypeError, OSError):
+            raise UserError(f"{layout.cut_json} is damaged, so the dataset's cut is unknown.",
+                            f"delete {layout.root} and prepare it again.") from None
+    if not layout.index_csv.is_file():
+        return None
+    with open(layout.index_csv, newline="", encoding="utf-8") as f:
+        first = next(csv.DictReader(f), None)
+    if first is None:
+        return None
+    return {key: int(first[key]) for key in ("frames", "height", "width")}
 
 
 # ---------------------------------------------------------------- plumbing
@@ -336,7 +399,14 @@ class _Call:
         self.fn, self.kwargs = fn, kwargs
 
     def __call__(self, item):
-        return self.fn(item, **self.kwargs)
+        global _worker_busy
+        if _worker_stopping:  # a job queued before the stop: not started
+            raise _WorkerStopped(EXIT_STOPPED)
+        _worker_busy = True
+        try:
+            return self.fn(item, **self.kwargs)
+        finally:
+            _worker_busy = False
 
 
 def _map(pool: Executor | None, fn: Callable, items: list, task, progress, advance: Callable = lambda item: 1
@@ -352,9 +422,80 @@ def _map(pool: Executor | None, fn: Callable, items: list, task, progress, advan
         yield item, result
 
 
-def _executor(workers: int, num_sources: int):
-    """A process pool, or None for workers=1 (easier to debug and profile)."""
+@contextlib.contextmanager
+def _executor(workers: int, num_sources: int) -> Iterator[Executor | None]:
+    """A process pool, or None for workers=1 (easier to debug and profile).
+
+    When the block raises (a stop above all), queued work is cancelled and every worker gets SIGTERM:
+    it unwinds the clip in hand, removing its temporary files, and exits; one that takes longer than
+    WORKER_GRACE_S is killed. Leaving the pool's own shutdown to wait would cut every queued clip first.
+    """
     if workers == 1 or num_sources <= 1:
-        return nullcontext(None)
+        yield None
+        return
     # spawn, not fork: the parent has threads (the progress bar), and fork with threads can deadlock.
-    return ProcessPoolExecutor(min(workers, num_sources), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(min(workers, num_sources), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_started)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        children = multiprocessing.active_children()
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(WORKER_GRACE_S)
+            if child.is_alive():
+                child.kill()
+        raise
+    pool.shutdown()
+
+
+class _WorkerStopped(SystemExit):
+    """SIGTERM/Ctrl-C in a pool worker: unwinds the clip in hand (its temporary files are removed)."""
+
+
+_worker_stopping = False
+_worker_busy = False  # inside a job: a stop unwinds it; between jobs there is nothing to clean up
+
+
+def _worker_stop(signum, frame):
+    global _worker_stopping
+    if _worker_stopping:  # once: the parent and the terminal may both signal; a second would cut the cleanup short
+        return
+    _worker_stopping = True
+    if not _worker_busy:
+        # idle (waiting for work, or in the pool's own machinery): an exception raised there would be printed
+        # as "Exception ignored" with a traceback, so leave at once
+        os._exit(EXIT_STOPPED)
+    raise _WorkerStopped(EXIT_STOPPED)
+
+
+def _ignore_stops_raised_in_finalizers(unraisable) -> None:
+    """A stop that lands in a finalizer (a lock release, a __del__) cannot unwind it: exit quietly after it."""
+    if not isinstance(unraisable.exc_value, _WorkerStopped):
+        sys.__unraisablehook__(unraisable)
+
+
+def _worker_started() -> None:
+    logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)  # a stopped decoder is killed on purpose
+    sys.unraisablehook = _ignore_stops_raised_in_finalizers
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _worker_stop)
+
+
+@contextlib.contextmanager
+def _stops_raised() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt here too, as Ctrl-C does, so both unwind the same way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -43,8 +43,10 @@ panda   Panda-70M / UltraVideo-style CSV files at the top of SRC (or SRC itself 
 
 import ast
 import csv
+import io
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -154,14 +156,19 @@ def find_folder_sources(src: Path, exclude: Path | None = None) -> tuple[list[So
     (`path,caption`) or `captions.jsonl` (`{"path": ..., "caption": ...}`) at the top of `src`, with
     paths relative to `src`.
     """
-    paths = find_videos(src, exclude)
-    table = _read_caption_tables(src)
+    paths, failures = find_videos(src, exclude)
+    table, table_failures = _read_caption_tables(src)
+    failures += table_failures
     names = unique_names(src, paths)
-    sources, failures = [], []
+    sources = []
     for path in paths:
         rel = relative(src, path)
         sidecar = path.with_suffix(".txt")
-        caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
+        try:
+            caption = read_text(sidecar).strip() if sidecar.is_file() else ""
+        except UserError as err:
+            failures.append({"source": rel, "reason": _one_line(err.problem)})
+            continue
         caption_source = "sidecar"
         if not caption and rel in table:
             caption, caption_source = table[rel]
@@ -177,29 +184,34 @@ def find_folder_sources(src: Path, exclude: Path | None = None) -> tuple[list[So
     return sources, failures
 
 
-def _read_caption_tables(src: Path) -> dict[str, tuple[str, str]]:
-    """{path relative to src: (caption, table file name)} from captions.csv and captions.jsonl."""
-    table = {}
+def _read_caption_tables(src: Path) -> tuple[dict[str, tuple[str, str]], list[dict]]:
+    """{path relative to src: (caption, table file name)} from captions.csv and captions.jsonl, and a
+    failed.csv row for a table that cannot be used (the videos it captions then fail as uncaptioned)."""
+    table, failures = {}, []
     for name in CAPTION_TABLES:
         file = src / name
-        if file.is_file():
+        if not file.is_file():
+            continue
+        try:
             rows = _read_csv_captions(file) if name.endswith(".csv") else _read_jsonl_captions(file)
-            table.update({_normalise(src, path): (caption.strip(), name) for path, caption in rows if caption.strip()})
-    return table
+        except UserError as err:
+            failures.append({"source": name, "reason": _one_line(f"{err.problem} Fix: {err.fix}")})
+            continue
+        table.update({_normalise(src, path): (caption.strip(), name) for path, caption in rows if caption.strip()})
+    return table, failures
 
 
 def _read_csv_captions(file: Path) -> list[tuple[str, str]]:
-    with open(file, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if not {"path", "caption"} <= set(reader.fieldnames or []):
-            raise UserError(f"{file} has columns {reader.fieldnames}; it needs a header row with 'path' and 'caption'.",
-                            "make the first line `path,caption` and quote captions that contain commas.")
-        return [(row["path"] or "", row["caption"] or "") for row in reader]
+    reader = csv.DictReader(io.StringIO(read_text(file), newline=""))
+    if not {"path", "caption"} <= set(reader.fieldnames or []):
+        raise UserError(f"{file} has columns {reader.fieldnames}; it needs a header row with 'path' and 'caption'.",
+                        "make the first line `path,caption` and quote captions that contain commas.")
+    return [(row["path"] or "", row["caption"] or "") for row in reader]
 
 
 def _read_jsonl_captions(file: Path) -> list[tuple[str, str]]:
     rows = []
-    for line_number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_number, line in enumerate(read_text(file).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -220,9 +232,10 @@ def find_vript_sources(src: Path, exclude: Path | None = None) -> tuple[list[Sou
     if not captions_dir.is_dir():
         raise UserError(f"{src} has no {VRIPT_CAPTIONS}/ folder, so it is not in Vript's layout.",
                         f"unzip Vript's caption files into {captions_dir}, or pick another --source-format.")
-    meta = _read_vript_meta(src)
-    scenes, failures = _read_vript_captions(src, captions_dir, meta)
-    videos = find_videos(src, exclude)
+    meta, failures = _read_vript_meta(src)
+    scenes, caption_failures = _read_vript_captions(src, captions_dir, meta)
+    videos, video_failures = find_videos(src, exclude)
+    failures += caption_failures + video_failures
     by_stem = _by_stem(videos)
     names = unique_names(src, videos)
     sources = []
@@ -244,20 +257,26 @@ def find_vript_sources(src: Path, exclude: Path | None = None) -> tuple[list[Sou
     return sources, failures
 
 
-def _read_vript_meta(src: Path) -> dict[str, dict]:
-    """{video_id: meta entry} from vript_meta/ (any depth) and `*meta*.json(l)` at the top of SRC."""
+def _read_vript_meta(src: Path) -> tuple[dict[str, dict], list[dict]]:
+    """{video_id: meta entry} from vript_meta/ (any depth) and `*meta*.json(l)` at the top of SRC, and
+    failed.csv rows for meta files that cannot be read (their videos go to "uncategorized")."""
     files = sorted((src / VRIPT_META).rglob("*.json*")) if (src / VRIPT_META).is_dir() else []
     files += sorted(p for p in src.glob("*meta*.json*") if p.is_file())
-    meta = {}
+    meta, failures = {}, []
     for file in files:
-        for record in _json_records(file):
+        try:
+            records = _json_records(file)
+        except UserError as err:
+            failures.append({"source": relative(src, file), "reason": _one_line(err.problem)})
+            continue
+        for record in records:
             if isinstance(record, dict) and "video_id" in record:
                 meta[str(record["video_id"])] = record
             elif isinstance(record, dict):  # {video_id: entry}
                 meta.update({str(k): v for k, v in record.items() if isinstance(v, dict)})
             elif isinstance(record, list):
                 meta.update({str(e["video_id"]): e for e in record if isinstance(e, dict) and "video_id" in e})
-    return meta
+    return meta, failures
 
 
 def _read_vript_captions(src: Path, captions_dir: Path, meta: dict[str, dict]
@@ -368,12 +387,16 @@ def find_panda_sources(src: Path, exclude: Path | None = None) -> tuple[list[Sou
         raise UserError(f"{src} holds no CSV with a time range column ({', '.join(PANDA_TIME_COLUMNS)} or "
                         "start/end).",
                         "put the Panda-70M style CSV at the top of SRC, or pick another --source-format.")
-    videos = find_videos(folder, exclude)
+    videos, failures = find_videos(folder, exclude)
     by_stem, by_path = _by_stem(videos), {relative(folder, p): p for p in videos}
     ranges: dict[Path, list[TimedCaption]] = {}
-    failures = []
     for table in tables:
-        for line, key, row_ranges, problem in _panda_rows(table):
+        try:
+            rows = list(_panda_rows(table))
+        except UserError as err:
+            failures.append({"source": table.name, "reason": _one_line(err.problem)})
+            continue
+        for line, key, row_ranges, problem in rows:
             label = f"{table.name} line {line}"
             path, missing = _panda_video(folder, key, by_stem, by_path)
             if problem or missing:
@@ -388,7 +411,7 @@ def find_panda_sources(src: Path, exclude: Path | None = None) -> tuple[list[Sou
 
 def _panda_rows(table: Path):
     """(line, video key, [(start, end, caption)], problem) for each data row of one CSV."""
-    with open(table, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(read_text(table), newline="") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         video_column = next((c for c in PANDA_VIDEO_PATH_COLUMNS + PANDA_VIDEO_ID_COLUMNS if c in columns), None)
@@ -454,8 +477,12 @@ def _panda_video(folder: Path, key: str, by_stem: dict, by_path: dict) -> tuple[
 
 
 def _csv_header(table: Path) -> list[str]:
-    with open(table, newline="", encoding="utf-8-sig") as f:
-        return next(csv.reader(f), [])
+    """The header row, or [] for a file that cannot be read (it then fails where it is read in full)."""
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as f:
+            return next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
 def _time_columns(columns: list[str]) -> tuple[str, ...]:
@@ -468,18 +495,33 @@ def _time_columns(columns: list[str]) -> tuple[str, ...]:
 # ---------------------------------------------------------------- shared
 
 
-def find_videos(src: Path, exclude: Path | None) -> list[Path]:
+def find_videos(src: Path, exclude: Path | None) -> tuple[list[Path], list[dict]]:
+    """The video files under `src` (recursive, sorted), and a failed.csv row for every folder that
+    cannot be listed and every video name that is not a readable file (a dangling link), so nothing
+    is dropped without a reason. Hidden entries (our own temporary files among them) and the output
+    folder, which may sit inside `src`, are left out."""
     exclude = exclude.resolve() if exclude is not None else None
-    paths = []
-    for path in sorted(src.rglob("*")):
-        if path.suffix.lower() not in SOURCE_SUFFIXES or not path.is_file():
-            continue
-        if any(part.startswith(".") for part in path.relative_to(src).parts):
-            continue  # hidden files, including our own half-written temporary files
-        if exclude is not None and path.resolve().is_relative_to(exclude):
-            continue  # the output folder may sit inside the source folder
-        paths.append(path)
-    return paths
+    paths, failures = [], []
+
+    def unreadable(error: OSError) -> None:
+        where = relative(src, Path(error.filename)) if error.filename else str(src)
+        failures.append({"source": where + "/", "reason": f"folder cannot be read: {error.strerror or error}"})
+
+    for folder, dirs, files in os.walk(src, onerror=unreadable):
+        folder = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and not (exclude is not None and (folder / d).resolve().is_relative_to(exclude)))
+        for name in sorted(files):
+            path = folder / name
+            if name.startswith(".") or path.suffix.lower() not in SOURCE_SUFFIXES:
+                continue
+            if not path.is_file():
+                failures.append({"source": relative(src, path), "reason": "not a readable file (a dangling link?)"})
+            elif not os.access(path, os.R_OK):
+                failures.append({"source": relative(src, path), "reason": "file cannot be read: permission denied"})
+            else:
+                paths.append(path)
+    return sorted(paths), failures
 
 
 def unique_names(src: Path, paths: list[Path]) -> dict[Path, str]:
@@ -515,9 +557,21 @@ def _normalise(src: Path, listed: str) -> str:
     return PurePosixPath(listed.strip().replace("\\", "/")).as_posix().removeprefix("./")
 
 
+def read_text(file: Path) -> str:
+    """A UTF-8 text file (a leading BOM dropped); a file that is not UTF-8 or cannot be read is a
+    UserError naming it, which the parsers turn into a failed.csv row."""
+    try:
+        return file.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{file.name} is not UTF-8 text (byte {err.start}).",
+                        "re-save it as UTF-8.") from None
+    except OSError as err:
+        raise UserError(f"{file.name} cannot be read: {err.strerror or err}.", "check its permissions.") from None
+
+
 def _json_records(file: Path) -> list:
     """The object of a .json file, or the objects of a .jsonl file (one per line)."""
-    text = file.read_text(encoding="utf-8")
+    text = read_text(file)
     try:
         if file.suffix == ".jsonl":
             return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -3,13 +3,17 @@
 Frames are always uint8 RGB arrays, `[T, H, W, 3]` for a video and `[H, W, 3]` for one frame.
 Files are written as H.264 yuv420p mp4, the format the official Cosmos datasets use, to a temporary
 sibling that is renamed into place only once ffmpeg has finished, so a crash never leaves a
-truncated clip behind.
+truncated clip behind, and that is removed on every other way out (`VideoWriter`).
 """
 
-import os
+import contextlib
+import signal
 import subprocess
+import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -17,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from cosmos_lora.errors import UserError
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import publish, remove_quietly, temporary_sibling
 
 # x264 constant rate factor per quality name: lower is closer to the input and larger on disk.
 # "high" keeps a decode -> encode -> decode round trip within a few grey levels.
@@ -95,8 +99,11 @@ def write_video(path: Path, frames: np.ndarray, fps: float, quality: str = "high
 class VideoWriter:
     """Streams frames into an H.264 yuv420p mp4 that appears at `path` only when closed cleanly.
 
-    Use as a context manager: on an exception the partial temporary file is deleted and `path`
-    is left as it was.
+    The writer owns its ffmpeg process, which runs in its own session so a terminal's Ctrl-C cannot
+    cut a file short behind the writer's back. `close` publishes the file; `abort`, and `close` when
+    anything (KeyboardInterrupt and SIGTERM's exceptions included) interrupts it, kills ffmpeg, waits
+    for it to be gone and removes the temporary file, so no exit path leaves `.<name>.tmp*` behind.
+    Use as a context manager, or call `close`/`abort` yourself.
     """
 
     def __init__(self, path: Path, height: int, width: int, fps: float, quality: str = "high"):
@@ -112,18 +119,24 @@ class VideoWriter:
         self.shape = (height, width, 3)
         self.frames_written = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = atomic_path(self.path)
-        self._encoder = imageio_ffmpeg.write_frames(
-            str(self._tmp),
-            (width, height),
-            fps=fps,
-            codec="libx264",
-            quality=None,  # we pass -crf ourselves: imageio's 0-10 scale cannot reach low CRFs
-            macro_block_size=1,  # sizes are checked above; never let imageio rescale silently
-            ffmpeg_log_level="error",
-            output_params=["-crf", str(QUALITY_CRF[quality]), "-preset", "medium", "-f", "mp4"],
-        )
-        self._encoder.send(None)  # starts ffmpeg
+        self._tmp = temporary_sibling(self.path)
+        self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: a chatty ffmpeg can never block on it
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+            "-r", str(Fraction(fps).limit_denominator()), "-i", "-",  # a rational rate keeps 24000/1001 exact
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(QUALITY_CRF[quality]), "-preset", "medium",
+            "-f", "mp4", str(self._tmp),
+        ]
+        self._process = None
+        try:
+            # a stop arriving while ffmpeg starts would leave it running unseen and writing the file
+            with _stops_deferred():
+                self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                                 stderr=self._stderr, start_new_session=True)
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, frames: np.ndarray) -> None:
         """Appends one frame `[H, W, 3]` or several `[T, H, W, 3]` (uint8)."""
@@ -132,21 +145,42 @@ class VideoWriter:
         if frames.dtype != np.uint8 or frames.shape[1:] != self.shape:
             raise ValueError(f"{self.path}: expected uint8 frames of shape [T, {self.shape}], got "
                              f"{frames.dtype} {frames.shape}.")
-        for frame in frames:
-            self._encoder.send(np.ascontiguousarray(frame))
+        try:
+            self._process.stdin.write(np.ascontiguousarray(frames).tobytes())
+        except BrokenPipeError:
+            raise RuntimeError(f"ffmpeg stopped while writing {self.path}: {self._ffmpeg_error()}") from None
         self.frames_written += len(frames)
 
     def close(self) -> None:
-        if self.frames_written == 0:
-            raise ValueError(f"{self.path}: refusing to write a video with no frames.")
-        self._encoder.close()  # waits for ffmpeg to finish the file
-        os.replace(self._tmp, self.path)
+        """Waits for ffmpeg to finish the file and publishes it; on any failure the temporary file goes."""
+        try:
+            if self.frames_written == 0:
+                raise ValueError(f"{self.path}: refusing to write a video with no frames.")
+            self._process.stdin.close()
+            if self._process.wait() != 0:
+                raise RuntimeError(f"ffmpeg could not write {self.path}: {self._ffmpeg_error()}")
+            publish(self._tmp, self.path)
+            self._stderr.close()
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
-        try:
-            self._encoder.close()
-        finally:
-            self._tmp.unlink(missing_ok=True)
+        """Kills ffmpeg, waits until it is gone (so it cannot create the file again) and removes the
+        temporary file. Safe to call more than once."""
+        with _stops_deferred():
+            if self._process is not None:
+                if self._process.poll() is None:
+                    self._process.kill()
+                self._process.wait()
+                with contextlib.suppress(OSError):  # unflushed frames into a dead pipe
+                    self._process.stdin.close()
+            remove_quietly(self._tmp)
+            self._stderr.close()
+
+    def _ffmpeg_error(self) -> str:
+        self._stderr.seek(0)
+        return _ffmpeg_reason(self._stderr.read().decode(errors="replace") or "no message")
 
     def __enter__(self) -> "VideoWriter":
         return self
@@ -154,12 +188,31 @@ class VideoWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
-            return
-        try:
+        else:
             self.close()
-        except BaseException:
-            self._tmp.unlink(missing_ok=True)
-            raise
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _stops_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive inside the block take effect as it ends, with the handlers the
+    process had. Only the main thread owns signal handlers; elsewhere this does nothing."""
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        yield
+        return
+    pending = []
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in pending:
+            signal.raise_signal(signum)
 
 
 def resize_cover_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from cosmos_lora.errors import UserError
+from cosmos_lora.errors import UserError, load_failure
 from cosmos_lora.model import lora_formats
 from cosmos_lora.model.lora import FORMAT, LoraSpec, adapter_summary, from_official, read_adapter
-from cosmos_lora.train.checkpointer import adapter_paths, read_latest
+from cosmos_lora.run_folder import RunFolder
 
 OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt")
 
@@ -54,16 +54,15 @@ class Adapter:
         return f"{self.source} [{what}]: {adapter_summary(self.spec)}"
 
 
-def from_run(run_dir: Path, step: int | None = None, ema: bool = True) -> Adapter:
+def from_run(run: RunFolder, step: int | None = None, ema: bool = True) -> Adapter:
     """The run's newest adapter (or the one at `step`); its EMA when `ema` and one was saved."""
-    latest = read_latest(run_dir)
+    latest = run.read_latest()
     if latest is None:
-        raise UserError(f"{run_dir} has no saved adapter yet.", "wait for the first save, or check the run name.")
+        raise UserError(f"{run.path} has no saved adapter yet.", "wait for the first save, or check the run name.")
     step = latest["step"] if step is None else step
-    raw, averaged = adapter_paths(run_dir, step)
+    raw, averaged = run.adapter(step), run.adapter(step, ema=True)
     if not raw.is_file():
-        saved = sorted(p.name for p in (run_dir / "adapters").glob("step_*.safetensors") if ".ema." not in p.name)
-        raise UserError(f"{run_dir} has no adapter for step {step}.", f"use one of: {', '.join(saved)}.")
+        raise UserError(f"{run.path} has no adapter for step {step}.", f"use one of: {', '.join(run.saved_adapter_names())}.")
     return from_file(averaged if ema and averaged.is_file() else raw)
 
 
@@ -86,7 +85,8 @@ def _from_file(path: Path, scale: float | None) -> Adapter:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as error:  # a truncated download, or not a PyTorch checkpoint
-            raise UserError(f"{path} is not a readable PyTorch checkpoint ({error}).", "download or export it again.") from None
+            raise UserError(f"{path} is not a readable PyTorch checkpoint ({load_failure(error)}).",
+                            "download or export it again.") from None
         if not isinstance(checkpoint, dict):
             raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a state dict.", "pass an official cosmos-predict1 checkpoint.")
         # the official LoRA example trains with scale 1; `--lora-scale` sets another
@@ -143,10 +143,3 @@ def check_fits(adapter: Adapter, weight_shapes: dict[str, torch.Size], dit: Path
                 fix,
             )
 
-
-def resolve_run(name_or_dir: str, runs_dir: Path) -> Path:
-    path = Path(name_or_dir)
-    run_dir = path if path.is_dir() else runs_dir / name_or_dir
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"No run {name_or_dir!r} (looked in {run_dir}).", "list them with `cosmos-lora runs`.")
-    return run_dir

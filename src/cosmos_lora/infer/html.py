@@ -8,7 +8,7 @@ import html
 from pathlib import Path
 from urllib.parse import quote
 
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import atomic_write
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>cosmos-lora: {title}</title>
@@ -50,9 +50,5 @@ def write_index(out_dir: Path, comparisons: list) -> Path:
         for job, path in comparisons
         if path.is_file()
     ]
-    index = out_dir / "index.html"
-    tmp = atomic_path(index)
     page = _PAGE.format(title=html.escape(out_dir.name), count=len(figures), figures="\n".join(figures))
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(index)
-    return index
+    return atomic_write(out_dir / "index.html", page)

@@ -33,7 +33,7 @@ from cosmos_lora.model.lora import LoraSpec, add_lora, load_lora_state
 from cosmos_lora.model.sampler import sample_latents
 from cosmos_lora.model.text_encoder import T5TextEncoder
 from cosmos_lora.model.tokenizer import TOKENIZER_FILES, VideoTokenizer, latent_frames, video_to_uint8
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import atomic_write
 from cosmos_lora.progress import progress_bar
 from cosmos_lora.train.checkpointer import base_fingerprint
 
@@ -358,9 +358,7 @@ def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarr
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = atomic_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, text)
 
 
 def finish(settings: InferSettings, jobs: list[Job]) -> Path | None:

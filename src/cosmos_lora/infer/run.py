@@ -15,7 +15,7 @@ from cosmos_lora.distributed import Distributed, run_worker
 from cosmos_lora.errors import UserError
 from cosmos_lora.infer.pipeline import RERUN_MAY_CHANGE, InferSettings, finish, job_done, run_jobs
 from cosmos_lora.infer.prompts import Job, Prompt, plan_jobs, shard
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import atomic_write
 
 PLAN = "plan.json"
 
@@ -28,9 +28,7 @@ def save_plan(settings: InferSettings, prompts: list[Prompt], num_videos: int, s
         _check_same_settings(json.loads(path.read_text())["settings"], settings.to_json(), settings.out_dir)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     plan = {"settings": settings.to_json(), "prompts": [asdict(p) for p in prompts], "num_videos": num_videos, "seed": seed}
-    tmp = atomic_path(path)
-    tmp.write_text(json.dumps(plan, indent=1))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(plan, indent=1))
     return path
 
 
@@ -68,9 +66,10 @@ def run_plan(plan_path: Path, dist_info: Distributed) -> tuple[list[Path], Path 
     return written, index
 
 
-def main(plan_path: str) -> int:
-    return run_worker(lambda dist_info: run_plan(Path(plan_path), dist_info))
+def main(argv: list[str]) -> int:
+    """A worker's life: `argv` = [plan.json]; see `distributed.run_worker` for the exit codes."""
+    return run_worker(lambda dist_info: run_plan(Path(argv[0]), dist_info))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))

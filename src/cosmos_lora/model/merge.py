@@ -29,9 +29,9 @@ from cosmos_lora.errors import UserError
 from cosmos_lora.model.checkpoint import (
     LORA_MARKER, diffusers_to_official, read_official_checkpoint, split_official_state, unwrap_container,
 )
-from cosmos_lora.model.dit import DIT_SIZES, size_from_state_dict
+from cosmos_lora.model.dit import DIT_SIZES, OFFICIAL_MODEL, size_from_state_dict
 from cosmos_lora.model.lora import LoraSpec
-from cosmos_lora.paths import atomic_path
+from cosmos_lora.files import publishing
 
 _COPY_CHUNK = 64 << 20
 
@@ -86,9 +86,13 @@ class BaseCheckpoint:
         return {k: v.shape for k, v in network.items()}
 
     def size_name(self) -> str | None:
-        """'7b', '14b' or 'tiny' when the architecture is a known size."""
+        """'7b', '14b', 'tiny' or 'tiny14b' when the architecture is a known size."""
         size = size_from_state_dict(self.meta)
         return next((name for name, known in DIT_SIZES.items() if known == size), None)
+
+    def official_model(self) -> str:
+        """'7b' or '14b': the official model this checkpoint is, or stands in for (7b when unknown)."""
+        return OFFICIAL_MODEL.get(self.size_name(), "7b")
 
     def read(self, key: str, f: BinaryIO) -> torch.Tensor:
         """One tensor read from the open file `f` into fresh memory (a mapped page would stay in our RSS)."""
@@ -151,19 +155,13 @@ def write_checkpoint(out: Path, base: BaseCheckpoint, plan: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     _check_space(out, base.path.stat().st_size)
     skeleton = _map(plan, lambda leaf: base.mapped[leaf] if isinstance(leaf, str) else torch.empty(leaf.shape, dtype=leaf.dtype))
-    tmp = atomic_path(out)
-    try:
+    with publishing(out) as tmp:
         with torch.serialization.skip_data():
             torch.save(skeleton, tmp)
         del skeleton
         holes = torch.load(tmp, map_location="meta", weights_only=True)
         with open(base.path, "rb") as src, open(tmp, "r+b") as dst:
             _fill(plan, holes, base, src, dst)
-            dst.flush()
-            os.fsync(dst.fileno())
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fill(plan: dict, holes: dict, base: BaseCheckpoint, src: BinaryIO, dst: BinaryIO) -> None:

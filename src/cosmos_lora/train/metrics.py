@@ -12,6 +12,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cosmos_lora.run_folder import RunFolder
+
 COLUMNS = ["step", "loss", "loss_smoothed", "lr", "grad_norm", "s_per_step", "samples_per_s", "gpu_mem_gb"]
 
 
@@ -21,11 +23,12 @@ class MetricsLogger:
         self.smoothed: float | None = None
         if not enabled:
             return
-        self.csv_path = Path(run_dir) / "metrics.csv"
+        run = RunFolder(run_dir)
+        self.csv_path = run.metrics_file
         self._truncate_after(start_step)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1)
+        self.tensorboard = SummaryWriter(str(run.tensorboard_dir), purge_step=start_step + 1)
         self.console = Console(stderr=True)
         self.progress = None
         if self.console.is_terminal:

@@ -21,12 +21,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from cosmos_lora.errors import UserError
-from cosmos_lora.paths import atomic_path
-from cosmos_lora.train.checkpointer import LATEST, read_latest
-from cosmos_lora.train.status import STATUS, read_status
+from cosmos_lora.files import publishing
+from cosmos_lora.run_folder import CONFIG, RunFolder
 
 STALE_AFTER_S = 30 * 60  # a 7B step is ~20 s and rows come every log_every steps; saves take seconds
-METRICS = "metrics.csv"
 WORKER_MODULE = "cosmos_lora.train.worker"
 
 
@@ -54,10 +52,8 @@ class RunSummary:
 
 def list_runs(runs_dir: Path, now: float | None = None) -> list[RunSummary]:
     """Every folder of `runs_dir` holding a config.yaml, newest activity first."""
-    runs_dir = Path(runs_dir)
-    folders = sorted(p for p in runs_dir.iterdir() if (p / "config.yaml").is_file()) if runs_dir.is_dir() else []
     alive = _trainer_configs()
-    summaries = [_summarize_or_report(p, now, alive) for p in folders]
+    summaries = [_summarize_or_report(run.path, now, alive) for run in RunFolder.all_in(runs_dir)]
     return sorted(summaries, key=lambda s: s.last_write or "", reverse=True)
 
 
@@ -70,37 +66,29 @@ def _summarize_or_report(run_dir: Path, now: float | None, alive: set[Path]) -> 
                           disk_usage(run_dir), None, None, None, " ".join(f"{type(error).__name__}: {error}".split()))
 
 
-def find_run(name_or_dir: str, runs_dir: Path) -> Path:
-    path = Path(name_or_dir)
-    run_dir = path if path.is_dir() else Path(runs_dir) / name_or_dir
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"No run {name_or_dir!r} (looked in {run_dir}).", "list the runs with `cosmos-lora runs`.")
-    return run_dir
-
-
 def summarize(run_dir: Path, now: float | None = None, alive: set[Path] | None = None) -> RunSummary:
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
     now = time.time() if now is None else now
-    config = OmegaConf.load(run_dir / "config.yaml")
-    rows = read_metrics(run_dir)
-    status, latest = read_status(run_dir) or {}, read_latest(run_dir) or {}
-    last = max((p.stat().st_mtime for p in _activity_files(run_dir)), default=None)
+    config = OmegaConf.load(run.config_file)
+    rows = read_metrics(run.path)
+    status, latest = run.read_status() or {}, run.read_latest() or {}
+    last = max((p.stat().st_mtime for p in _activity_files(run)), default=None)
     steps_done = max([status.get("step", 0), latest.get("step", 0)] + [r["step"] for r in rows[-1:]])
     state, message = status.get("state", "new"), status.get("message")
     if state == "running" and last is not None:
         alive = _trainer_configs() if alive is None else alive
         limit = max(STALE_AFTER_S, 5 * _log_interval_s(config, rows))
-        if (run_dir / "config.yaml").resolve() not in alive and now - last > limit:
+        if run.config_file.resolve() not in alive and now - last > limit:
             state = "stale"
             message = (f"status.json says running, but nothing was written for {_duration(now - last)} and no trainer "
                        "process for it runs on this machine: it was probably killed. Resume it with "
-                       f"`cosmos-lora posttrain --config {run_dir / 'config.yaml'} --resume`.")
+                       f"`cosmos-lora posttrain --config {run.config_file} --resume`.")
     return RunSummary(
-        name=run_dir.name, path=str(run_dir), dataset=OmegaConf.select(config, "job.dataset"),
+        name=run.name, path=str(run.path), dataset=OmegaConf.select(config, "job.dataset"),
         rank=OmegaConf.select(config, "model.lora.rank"), scale=OmegaConf.select(config, "model.lora.scale"),
         lr=OmegaConf.select(config, "optimizer.lr"), steps_done=steps_done,
         steps_total=OmegaConf.select(config, "trainer.max_iter"),
-        loss_smoothed=rows[-1]["loss_smoothed"] if rows else None, state=state, size_bytes=disk_usage(run_dir),
+        loss_smoothed=rows[-1]["loss_smoothed"] if rows else None, state=state, size_bytes=disk_usage(run.path),
         last_write=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(last)) if last else None,
         quiet_s=round(now - last, 1) if last else None, latest_save=latest.get("step"), message=message,
     )
@@ -108,7 +96,7 @@ def summarize(run_dir: Path, now: float | None = None, alive: set[Path] | None =
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """metrics.csv rows as numbers (empty cells -> None)."""
-    path = Path(run_dir) / METRICS
+    path = RunFolder(run_dir).metrics_file
     if not path.is_file():
         return []
     with open(path, newline="") as f:
@@ -145,9 +133,9 @@ def disk_usage(folder: Path) -> int:
     return total
 
 
-def _activity_files(run_dir: Path) -> list[Path]:
-    files = [run_dir / "config.yaml", run_dir / STATUS, run_dir / METRICS, run_dir / LATEST]
-    files += list((run_dir / "tensorboard").glob("events.*"))
+def _activity_files(run: RunFolder) -> list[Path]:
+    files = [run.config_file, run.status_file, run.metrics_file, run.latest_file]
+    files += list(run.tensorboard_dir.glob("events.*"))
     return [p for p in files if p.is_file()]
 
 
@@ -172,7 +160,7 @@ def _trainer_configs() -> set[Path]:
             cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
         except OSError:  # gone meanwhile, or another user's
             continue
-        found.update((cwd / a).resolve() for a in args if a.endswith("config.yaml"))
+        found.update((cwd / a).resolve() for a in args if a.endswith(CONFIG))
     return found
 
 
@@ -213,9 +201,6 @@ def write_loss_plot(rows: list[dict], path: Path, title: str) -> None:
         draw.line(points, fill=colour, width=line_width)
     draw.text((left, 12), f"{title}: loss (light) and smoothed loss (dark)", fill="black", font=font)
     draw.text((width // 2 - 12, height - 20), "step", fill="black", font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    with publishing(Path(path)) as tmp:
+        image.save(tmp, format="PNG")
 

@@ -25,8 +25,9 @@ from cosmos_lora.model.edm import SIGMA_DATA, sample_training_sigma, training_lo
 from cosmos_lora.model.fp8 import use_fp8_linears
 from cosmos_lora.model.lora import add_lora, adapter_summary, lora_parameters, lora_state_dict, spec_for
 from cosmos_lora.model.tokenizer import VideoTokenizer
-from cosmos_lora.train.checkpointer import Checkpointer, base_fingerprint, read_latest
 from cosmos_lora.distributed import Distributed
+from cosmos_lora.run_folder import RunFolder
+from cosmos_lora.train.checkpointer import Checkpointer, base_fingerprint
 from cosmos_lora.train.ema import PowerEMA
 from cosmos_lora.train.metrics import MetricsLogger
 from cosmos_lora.train.status import write_status
@@ -144,6 +145,7 @@ class Trainer:
             self.net, config.model.activation_checkpointing, keep_self_attention=not config.model.recompute_attention,
             compile_blocks=config.model.compile and self.device.type == "cuda",
             prefer_cudnn=config.model.attention_backend == "cudnn",
+            keep_attention_blocks=config.model.get("keep_attention_blocks"),  # runs saved before the key: None
         )
         self.params = lora_parameters(self.net)
         self.model = (
@@ -272,15 +274,10 @@ class Trainer:
         )
 
     def _resume(self) -> None:
-        loaded = self.checkpointer.load_latest()
+        loaded = self.checkpointer.load_latest()  # refuses another process count
         if loaded is None:
             return
         state, rng = loaded
-        if state["world_size"] != self.dist.world_size:
-            raise UserError(
-                f"{self.run_dir} was trained with {state['world_size']} processes; this launch has {self.dist.world_size}.",
-                f"resume with --nproc {state['world_size']} (the data order and RNG streams depend on it).",
-            )
         with torch.no_grad():
             for name, tensor in state["lora"].items():
                 self.params[name].copy_(tensor)
@@ -343,7 +340,7 @@ class Trainer:
         return loss_sum / self.dist.world_size, stops > 0
 
     def _fail_on_nonfinite(self, value: float) -> None:
-        latest = read_latest(self.run_dir)
+        latest = RunFolder(self.run_dir).read_latest()
         last_good = f"step {latest['step']} ({self.run_dir / latest['state']})" if latest else "none (nothing saved yet)"
         raise UserError(  # the worker records it in status.json as the run's outcome
             f"The loss became {value} at step {self.step}; training stopped. Last good checkpoint: {last_good}.",

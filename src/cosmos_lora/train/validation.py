@@ -32,8 +32,8 @@ from cosmos_lora.infer.prompts import DEFAULT_NEGATIVE_PROMPT, Job, Prompt, read
 from cosmos_lora.model.edm import SIGMA_DATA
 from cosmos_lora.model.sampler import sample_latents
 from cosmos_lora.model.tokenizer import LATENT_CHANNELS, VideoTokenizer, latent_frames, video_to_uint8
-from cosmos_lora.paths import atomic_path
-from cosmos_lora.train.checkpointer import step_name
+from cosmos_lora.files import atomic_write
+from cosmos_lora.run_folder import RunFolder, step_name
 
 # How long the other ranks wait for rank 0 (loading T5, sampling). They wait on a gloo group of
 # their own, so NCCL's 10-minute watchdog never sees the wait; if rank 0 dies, the wait ends at once.
@@ -48,7 +48,7 @@ class Validator:
         self.seeds, self.steps, self.guidance = [int(s) for s in settings.seeds], settings.steps, settings.guidance
         self.with_ema = bool(settings.ema and config.trainer.ema.enabled)  # no EMA is kept otherwise
         self.frames, (self.height, self.width), self.fps = config.model.num_frames, config.model.resolution, config.model.fps
-        self.out_dir = Path(config.job.run_dir) / "samples"
+        self.out_dir = RunFolder(config.job.run_dir).samples_dir
         self.group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT) if dist_info.enabled else None
         self.embeddings: dict[str, torch.Tensor] = {}
         if dist_info.is_main:
@@ -144,6 +144,4 @@ def _swapped_in(params: dict[str, torch.nn.Parameter], weights: dict[str, torch.
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = atomic_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, text)

@@ -1,33 +1,30 @@
 """One training process: `python -m cosmos_lora.train.worker <run>/config.yaml` (torchrun starts it).
 
-Exit codes: 0 finished, 3 interrupted after saving (resumable), 1 user error, other: a bug.
+Exit codes: 0 finished, EXIT_STOPPED interrupted after saving (resumable), 1 user error, other: a bug.
 """
 
 import sys
 
 from omegaconf import OmegaConf
 
-from cosmos_lora.errors import UserError
-from cosmos_lora.distributed import close_distributed, init_distributed
+from cosmos_lora.distributed import close_distributed, init_distributed, report_error
+from cosmos_lora.errors import EXIT_STOPPED, UserError
 from cosmos_lora.train.status import write_status
 
-EXIT_INTERRUPTED = 3
 
-
-def main(config_path: str) -> int:
-    config = OmegaConf.load(config_path)
+def main(argv: list[str]) -> int:
+    config = OmegaConf.load(argv[0])
     dist_info = init_distributed()
     trainer = None
     try:
-        from cosmos_lora.train.trainer import ClipError, Trainer
+        from cosmos_lora.train.trainer import Trainer
 
         trainer = Trainer(config, dist_info)
         outcome = trainer.train()
-        return 0 if outcome == "finished" else EXIT_INTERRUPTED
-    except UserError as error:  # rank 0's: the launcher repeats it from the status as the run's one-line outcome
+        return 0 if outcome == "finished" else EXIT_STOPPED
+    except UserError as error:  # rank 0's is the run's outcome in status.json; every rank's goes to the launcher
         write_status(config.job.run_dir, "failed", trainer.step if trainer else 0, dist_info, message=str(error))
-        if isinstance(error, ClipError) and not dist_info.is_main:  # only this rank knows it
-            print(f"Error (rank {dist_info.rank}): {error}", file=sys.stderr)
+        report_error(dist_info.rank, error)
         return 1
     except BaseException:
         write_status(config.job.run_dir, "failed", trainer.step if trainer else 0, dist_info)
@@ -39,4 +36,4 @@ def main(config_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,86 @@
+"""An experiment from the CLI: preset (or a run's saved config) + options + `key=value` overrides,
+with the dataset, the roots and the run folder filled in, resolved into one tree.
+
+What is built here is only checked for being a config; whether its files exist and its values make
+sense for training is `train.checks`' job, before anything is launched.
+"""
+
+from pathlib import Path
+
+from cosmos_lora.config.experiment import apply_overrides, load_preset, resolved
+from cosmos_lora.config.lazy import LazyDict, check_targets
+from cosmos_lora.config.run_name import run_name
+from cosmos_lora.data.latents import LATENTS_DIR, latent_cache_dir
+from cosmos_lora.data.layout import DatasetLayout
+from cosmos_lora.distributed import Launch
+from cosmos_lora.errors import UserError
+from cosmos_lora.paths import Roots, check_dataset_name
+
+
+def build_experiment(
+    source: str, roots: Roots, dataset: str | None, options: dict, overrides: list[str], name: str | None,
+    launch: Launch, alpha: float | None = None,
+) -> LazyDict:
+    """Preset (or saved config) + options + overrides, with the dataset, paths and run folder filled in.
+
+    `launch`: the processes that will train (`--epochs` counts steps from them). `alpha` is peft's
+    spelling of the LoRA multiplier: scale = alpha / rank. A run's saved config.yaml keeps naming
+    that run, even when overrides change values its name was derived from.
+    """
+    config = load_preset(source)
+    saved_run = Path(config.job.run_dir).name if config.job.get("run_dir") else None
+    apply_overrides(config, {k: v for k, v in options.items() if v is not None})
+    apply_overrides(config, overrides)
+    if alpha is not None:
+        config.model.lora.scale = alpha / config.model.lora.rank
+    dataset = check_dataset_name(dataset or config.job.dataset or _missing_dataset())
+    config.job.dataset = dataset
+    if name is not None:
+        config.job.name = name
+    config.model.checkpoints_dir = str(roots.checkpoints)
+    config.job.runs_dir = str(roots.runs)
+    config.dataloader_train.dataset.root = str(roots.dataset(dataset))
+    config.dataloader_train.dataset.latents_dir = _latent_cache(config, roots)
+    if config.trainer.epochs:
+        config.trainer.max_iter = _steps_for_epochs(config, launch.world_size)
+    config = resolved(config)
+    check_targets(config)  # whatever the preset or an override named: refused before the run folder is written
+    config.job.run_dir = str(Path(config.job.runs_dir) / (config.job.name or saved_run or _derived_name(config)))
+    return config
+
+
+def _latent_cache(config: LazyDict, roots: Roots) -> str | None:
+    """The dataset's latent cache for exactly this tokenizer, size and frame count, if one was made."""
+    root, tokenizer = Path(config.dataloader_train.dataset.root), roots.checkpoints / config.model.tokenizer
+    if not config.model.latent_cache or not (root / LATENTS_DIR).is_dir() or not tokenizer.is_dir():
+        return None  # no cache made; a missing tokenizer is reported by train.checks
+    height, width = config.model.resolution
+    cache = latent_cache_dir(
+        root, tokenizer,
+        config.model.num_frames, height, width, config.model.pixel_chunk_duration,
+    )
+    return str(cache) if cache.is_dir() else None
+
+
+def _missing_dataset():
+    raise UserError("No dataset given.", "pass --dataset COLLECTION/DOMAIN (a folder inside the datasets root).")
+
+
+def _derived_name(config: LazyDict) -> str:
+    return run_name(
+        config.job.dataset, config.model.lora.rank, config.trainer.max_iter, config.dataloader_train.batch_size,
+        config.trainer.grad_accum, config.model.lora.scale, config.optimizer.lr, config.job.seed,
+    )
+
+
+def _steps_for_epochs(config: LazyDict, world_size: int) -> int:
+    clips = len(DatasetLayout(Path(config.dataloader_train.dataset.root)).clips())
+    per_step = world_size * config.dataloader_train.batch_size * config.trainer.grad_accum
+    steps_per_epoch = clips // per_step
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"{clips} clips do not fill one step of {world_size} processes x batch "
+            f"{config.dataloader_train.batch_size} x accumulation {config.trainer.grad_accum}.",
+            "lower --grad-accum or --batch-size, or add clips.",
+        )
+    return round(config.trainer.epochs * steps_per_epoch)
