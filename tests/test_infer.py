@@ -364,11 +364,11 @@ def test_two_torchrun_processes_make_every_video_exactly_once(cli_env, run_dir, 
     result = infer("--run", RUN, *[a for p in prompts for a in ("-p", p)], "--nproc", "2", *FAST)
     assert_ok(result)
     out = cli_env.outputs / "infer" / RUN
-    expected = {f"{stage}/{p.replace(' ', '-')}/seed_0.mp4" for stage in ("original", "lora", "compare") for p in prompts}
+    expected = {f"{stage}/{prompt_folder(p)}/seed_0.mp4" for stage in ("original", "lora", "compare") for p in prompts}
     assert {str(v.relative_to(out)) for v in out.rglob("*.mp4")} == expected
     reports = re.findall(r"process (\d)/2: (\d+) jobs, 0 finished before, (\d+) videos written", capfd.readouterr().err)
     assert sorted(reports) == [("0", "2", "4"), ("1", "1", "2")]  # each job made by exactly one process
-    makers = {p: json.loads((out / "lora" / p.replace(" ", "-") / "seed_0.json").read_text())["process"] for p in prompts}
+    makers = {p: json.loads((out / "lora" / prompt_folder(p) / "seed_0.json").read_text())["process"] for p in prompts}
     assert makers == {"a red square": "0/2", "a blue circle": "1/2", "a green triangle": "0/2"}
     assert (out / "index.html").read_text().count('<figure class="comparison"') == 3
 
