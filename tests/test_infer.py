@@ -28,13 +28,14 @@ from cosmos_lora.errors import EXIT_STOPPED
 from cosmos_lora.infer.pipeline import InferSettings, Text2WorldGenerator
 from cosmos_lora.infer.prompts import plan_jobs, shard
 from cosmos_lora.model import lora_formats
+from cosmos_lora.model.prompts import DEFAULT_NEGATIVE_PROMPT, Prompt, prompt_folder
 from cosmos_lora.model.checkpoint import load_official_dit
 from cosmos_lora.model.lora import LoraSpec, add_lora, lora_state_dict, save_adapter, spec_for
-from cosmos_lora.model.prompts import DEFAULT_NEGATIVE_PROMPT, Prompt
 from cosmos_lora.model.tiny import TINY_DIT, TINY_T5, TINY_TOKENIZER
 from cosmos_lora.train.checkpointer import Checkpointer
 
 RUN = "shapes-lora"
+RED = prompt_folder("a red square")  # a prompt's folder: its slug and a hash of its text
 STEP = 10
 FAST = ["--steps", "2"]
 FRAMES, SIZE = 17, 64  # the tiny preset's generation size
@@ -115,7 +116,7 @@ def test_both_writes_videos_sidecars_comparisons_and_index(cli_env, run_dir, tmp
     assert_ok(result)
     out = cli_env.outputs / "infer" / RUN
     assert result.stdout.strip() == str(out)
-    jobs = [("a-red-square-moves", 3, "a red square moves"), ("a-red-square-moves", 4, "a red square moves"),
+    jobs = [(prompt_folder("a red square moves"), 3, "a red square moves"), (prompt_folder("a red square moves"), 4, "a red square moves"),
             ("circle", 7, "a blue circle"), ("circle", 8, "a blue circle")]
     adapter = run_dir / "adapters" / f"step_{STEP:06d}.ema.safetensors"  # EMA by default
     for name, seed, text in jobs:
@@ -158,13 +159,13 @@ def test_zero_scale_lora_gives_the_original_frames_and_a_trained_one_does_not(cl
     for name, scale in (("zero", "0"), ("trained", "1")):
         assert_ok(infer("--run", RUN, "-p", "a red square", "--lora-scale", scale, "--name", name, *FAST))
     frames = {
-        (name, stage): frames_of(cli_env.outputs / "infer" / name / stage / "a-red-square" / "seed_0.mp4")
+        (name, stage): frames_of(cli_env.outputs / "infer" / name / stage / RED / "seed_0.mp4")
         for name in ("zero", "trained") for stage in ("original", "lora")
     }
     assert np.array_equal(frames["zero", "original"], frames["zero", "lora"])
     assert np.array_equal(frames["zero", "original"], frames["trained", "original"])  # same seed, same noise
     assert np.abs(frames["trained", "original"] - frames["trained", "lora"]).mean() > 5
-    meta = json.loads((cli_env.outputs / "infer" / "zero" / "lora" / "a-red-square" / "seed_0.json").read_text())
+    meta = json.loads((cli_env.outputs / "infer" / "zero" / "lora" / RED / "seed_0.json").read_text())
     assert (meta["lora_trained_scale"], meta["lora_scale_multiplier"], meta["lora_scale"]) == (1.0, 0.0, 0.0)
 
 
@@ -172,8 +173,8 @@ def test_offload_moves_models_between_phases_without_changing_the_videos(cli_env
     for name, extra in (("resident", ()), ("offloaded", ("--offload",))):
         assert_ok(infer("--run", RUN, "-p", "a red square", "--name", name, *FAST, *extra))
     for stage in ("original", "lora"):
-        resident = frames_of(cli_env.outputs / "infer" / "resident" / stage / "a-red-square" / "seed_0.mp4")
-        offloaded = frames_of(cli_env.outputs / "infer" / "offloaded" / stage / "a-red-square" / "seed_0.mp4")
+        resident = frames_of(cli_env.outputs / "infer" / "resident" / stage / RED / "seed_0.mp4")
+        offloaded = frames_of(cli_env.outputs / "infer" / "offloaded" / stage / RED / "seed_0.mp4")
         assert np.array_equal(resident, offloaded)
 
 
@@ -181,7 +182,7 @@ def test_fp8_videos_stay_close_to_the_plain_ones_and_the_plan_records_fp8(cli_en
     for name, extra in (("plain", ()), ("fp8", ("--fp8",))):
         assert_ok(infer("--run", RUN, "-p", "a red square", "--name", name, *FAST, *extra))
     out = cli_env.outputs / "infer"
-    video = {(name, stage): frames_of(out / name / stage / "a-red-square" / "seed_0.mp4")
+    video = {(name, stage): frames_of(out / name / stage / RED / "seed_0.mp4")
              for name in ("plain", "fp8") for stage in ("original", "lora")}
     lora_effect = np.abs(video["plain", "original"] - video["plain", "lora"]).mean()
     for stage in ("original", "lora"):
@@ -191,7 +192,7 @@ def test_fp8_videos_stay_close_to_the_plain_ones_and_the_plan_records_fp8(cli_en
     assert json.loads((out / "fp8" / "plan.json").read_text())["settings"]["fp8"] is True
     # without an adapter too (nothing frozen by LoRA then)
     assert_ok(infer("--model", "tiny", "-p", "a red square", "--stages", "original", "--name", "base_fp8", "--fp8", *FAST))
-    base = frames_of(out / "base_fp8" / "original" / "a-red-square" / "seed_0.mp4")
+    base = frames_of(out / "base_fp8" / "original" / RED / "seed_0.mp4")
     assert 0 < np.abs(base - video["plain", "original"]).mean() < lora_effect / 4
     # a folder of FP8 videos is not topped up with plain ones
     assert_user_error(infer("--run", RUN, "-p", "a red square", "--name", "fp8", *FAST), "fp8 True -> False", "--overwrite")
@@ -199,7 +200,7 @@ def test_fp8_videos_stay_close_to_the_plain_ones_and_the_plan_records_fp8(cli_en
 
 def test_no_ema_and_step_pick_the_raw_adapter_of_that_step(cli_env, run_dir):
     assert_ok(infer("--run", RUN, "--step", str(STEP), "--no-ema", "--stages", "lora", "-p", "a red square", *FAST))
-    meta = json.loads((cli_env.outputs / "infer" / RUN / "lora" / "a-red-square" / "seed_0.json").read_text())
+    meta = json.loads((cli_env.outputs / "infer" / RUN / "lora" / RED / "seed_0.json").read_text())
     assert meta["adapter"] == str(run_dir / "adapters" / f"step_{STEP:06d}.safetensors") and meta["adapter_ema"] is False
 
 
@@ -219,7 +220,7 @@ def test_lora_accepts_our_diffusers_and_comfyui_files_with_the_same_result(cli_e
     for kind in ("ours", "diffusers", "comfyui"):
         result = infer("--model", "tiny", "--lora", str(tmp_path / f"{kind}.safetensors"), "--stages", "lora", "-p", "a red square", *FAST)
         assert_ok(result)
-        lora_dir = cli_env.outputs / "infer" / kind / "lora" / "a-red-square"
+        lora_dir = cli_env.outputs / "infer" / kind / "lora" / RED
         meta = json.loads((lora_dir / "seed_0.json").read_text())
         expected_format = "cosmos-lora" if kind == "ours" else kind
         assert (meta["adapter_format"], meta["lora_rank"], meta["lora_scale"], meta["lora_blocks"]) == (expected_format, 4, 1.5, [0, 1])
@@ -234,10 +235,10 @@ def test_lora_accepts_official_flat_and_post_trained_checkpoints(cli_env, offici
     assert_ok(result)
     assert "1 is assumed" in result.stderr  # official files do not store their scale
     out = cli_env.outputs / "infer" / "flat"
-    meta = json.loads((out / "lora" / "a-red-square" / "seed_0.json").read_text())
+    meta = json.loads((out / "lora" / RED / "seed_0.json").read_text())
     assert (meta["adapter_format"], meta["lora_rank"], meta["lora_scale"], meta["lora_blocks"]) == ("official", 4, 1.5, [0, 1])
-    flat = frames_of(out / "lora" / "a-red-square" / "seed_0.mp4")
-    assert np.abs(flat - frames_of(out / "original" / "a-red-square" / "seed_0.mp4")).mean() > 1
+    flat = frames_of(out / "lora" / RED / "seed_0.mp4")
+    assert np.abs(flat - frames_of(out / "original" / RED / "seed_0.mp4")).mean() > 1
 
     # post-trained layout: {"model": ..., "ema": {key with '-'}}; the EMA's LoRA is the one used
     checkpoint = torch.load(flat_file, weights_only=True)
@@ -246,7 +247,7 @@ def test_lora_accepts_official_flat_and_post_trained_checkpoints(cli_env, offici
     nested = tmp_path / "iter_000000100_model.pt"
     torch.save({"model": model, "ema": {k.replace(".", "-"): checkpoint[k] for k in lora_keys}}, nested)
     assert_ok(infer("--model", "tiny", "--lora", str(nested), "--lora-scale", "1.5", "--stages", "lora", "--name", "nested", "-p", "a red square", *FAST))
-    assert np.array_equal(flat, frames_of(cli_env.outputs / "infer" / "nested" / "lora" / "a-red-square" / "seed_0.mp4"))
+    assert np.array_equal(flat, frames_of(cli_env.outputs / "infer" / "nested" / "lora" / RED / "seed_0.mp4"))
 
 
 def test_official_lora_in_the_generator_matches_the_official_network(official_base, fixtures_dir, tmp_path):
@@ -364,11 +365,11 @@ def test_two_torchrun_processes_make_every_video_exactly_once(cli_env, run_dir, 
     result = infer("--run", RUN, *[a for p in prompts for a in ("-p", p)], "--nproc", "2", *FAST)
     assert_ok(result)
     out = cli_env.outputs / "infer" / RUN
-    expected = {f"{stage}/{p.replace(' ', '-')}/seed_0.mp4" for stage in ("original", "lora", "compare") for p in prompts}
+    expected = {f"{stage}/{prompt_folder(p)}/seed_0.mp4" for stage in ("original", "lora", "compare") for p in prompts}
     assert {str(v.relative_to(out)) for v in out.rglob("*.mp4")} == expected
     reports = re.findall(r"process (\d)/2: (\d+) jobs, 0 finished before, (\d+) videos written", capfd.readouterr().err)
     assert sorted(reports) == [("0", "2", "4"), ("1", "1", "2")]  # each job made by exactly one process
-    makers = {p: json.loads((out / "lora" / p.replace(" ", "-") / "seed_0.json").read_text())["process"] for p in prompts}
+    makers = {p: json.loads((out / "lora" / prompt_folder(p) / "seed_0.json").read_text())["process"] for p in prompts}
     assert makers == {"a red square": "0/2", "a blue circle": "1/2", "a green triangle": "0/2"}
     assert (out / "index.html").read_text().count('<figure class="comparison"') == 3
 
@@ -412,10 +413,10 @@ def test_rerun_skips_finished_videos_and_overwrite_remakes_them(cli_env, run_dir
     assert {p: p.stat().st_mtime_ns for p in outputs} == made
 
     # an interrupted job (its LoRA sidecar never written) is redone; the finished one is kept
-    (out / "lora" / "a-blue-circle" / "seed_0.json").unlink()
+    (out / "lora" / prompt_folder("a blue circle") / "seed_0.json").unlink()
     assert_ok(infer(*args))
     redone = {p for p in outputs if p.stat().st_mtime_ns != made[p]}
-    assert redone == {p for p in outputs if p.parent.name == "a-blue-circle"}
+    assert redone == {p for p in outputs if p.parent.name == prompt_folder("a blue circle")}
 
     # other settings into the same folder would mix videos: refused, nothing touched
     assert_user_error(infer("--run", RUN, "-p", "a red square", "--steps", "3"), "made with other settings", "steps 2 -> 3")

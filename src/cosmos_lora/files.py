@@ -3,9 +3,10 @@
 Every file the toolkit publishes (configs, adapters, states, videos, sidecars, indexes, status
 notes) goes through `publishing` or `atomic_write`: the content is written to a hidden temporary
 sibling, flushed to disk, and renamed onto the target. On any failure, Ctrl-C and SIGTERM
-included (they arrive as exceptions), the temporary file is removed. Files are created with the
-process umask, like any other file the user makes (a colleague or a ComfyUI service can read them
-when the umask lets them).
+included (they arrive as exceptions), the temporary file is removed. Published files get the mode
+the process umask gives any new file (0644 under umask 022), whatever wrote the temporary: a
+library may create it private (safetensors' `save_file` makes 0600 files), and a colleague or a
+ComfyUI service must be able to read an adapter when the umask lets them.
 """
 
 import contextlib
@@ -14,6 +15,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from cosmos_lora.errors import UserError
+
 TMP_MARK = ".tmp"
 
 
@@ -21,6 +24,30 @@ def temporary_sibling(path: Path) -> Path:
     """A hidden sibling of `path`, private to this process: `.<name>.tmp<pid>`."""
     path = Path(path)
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def umask_mode() -> int:
+    """The mode `open()` gives a new file under the current umask (0o666 minus the umask)."""
+    try:  # Linux >= 4.7 shows it without changing it
+        line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("Umask:"))
+        umask = int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def check_not_an_input(out: Path, inputs: dict[str, Path], inside: Path | None = None) -> None:
+    """`out` is none of the files a command reads (`inputs`: what each is -> its path) and, with `inside`,
+    no existing file of that folder: writing it would destroy what the command is made from."""
+    out = Path(out)
+    if not out.exists():
+        return
+    for what, path in inputs.items():
+        if Path(path).exists() and os.path.samefile(out, path):
+            raise UserError(f"--out {out} is the {what} itself.", "write the result to another file.")
+    if inside is not None and out.resolve().is_relative_to(Path(inside).resolve()):
+        raise UserError(f"--out {out} is a file of {inside}.", "write the result outside that folder, or to a new file name.")
 
 
 def _fsync(path: Path) -> None:
@@ -58,7 +85,9 @@ def publishing(path: Path, make_parent: bool = True) -> Iterator[Path]:
 def publish(tmp: Path, path: Path) -> None:
     """Flushes the finished temporary `tmp` to disk and renames it onto `path`. For writers that
     cannot work inside one `publishing` block (a video encoded frame by frame); the caller removes
-    `tmp` (`remove_quietly`) on every other exit path."""
+    `tmp` (`remove_quietly`) on every other exit path. The file gets the umask's mode (see above)."""
+    if tmp.is_file():
+        os.chmod(tmp, umask_mode())
     _fsync(tmp)
     os.replace(tmp, path)
 

@@ -25,6 +25,8 @@ def export(
     official LoRA post-training saves it, or with --merge the LoRA merged into the weights. It prints
     the official text2world.py command that uses it.
     """
+    from cosmos_lora.config import load_preset
+    from cosmos_lora.files import check_not_an_input
     from cosmos_lora.infer import adapters
     from cosmos_lora.model import lora_formats
     from cosmos_lora.run_folder import RunFolder
@@ -32,6 +34,8 @@ def export(
     _check_options(fmt, merge, out)
     run_folder = RunFolder.resolve(run, ctx.obj.runs)
     adapter = adapters.from_run(run_folder, step, ema)
+    base = ctx.obj.checkpoints / load_preset(run_folder.config_file).model.dit
+    check_not_an_input(out, {"adapter": adapter.source, "base checkpoint": base}, inside=run_folder.path)
     note(f"Adapter: {adapter.summary()}")
     provenance = {"cosmos_lora_run": run_folder.name, "cosmos_lora_adapter": adapter.source.name}
     if fmt == "comfyui":

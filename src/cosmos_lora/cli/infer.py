@@ -14,8 +14,8 @@ def infer(
     run: str = typer.Option(None, help="Run name (in <outputs>/runs) or folder: its adapter, model and size."),
     step: int = typer.Option(None, help="The run's adapter at this step (default: latest)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the run saved them."),
-    lora: Path = typer.Option(None, help="A LoRA file instead of --run: ours, diffusers or ComfyUI (.safetensors), or an official .pt."),
-    lora_scale: float = typer.Option(1.0, help="Multiplies the adapter's trained scale."),
+    lora: Path = typer.Option(None, help="A LoRA file instead of --run: ours, diffusers/PEFT (file or save_pretrained folder) or ComfyUI (.safetensors), or an official .pt."),
+    lora_scale: float = typer.Option(None, help="Multiplies the adapter's trained scale (default 1); for a file that records no scale, it is the scale."),
     prompt: list[str] = typer.Option(None, "--prompt", "-p", help="A prompt (repeatable)."),
     prompts_file: Path = typer.Option(None, help=".txt (one per line) or .jsonl (prompt, negative_prompt, seed, name)."),
     negative_prompt: str = typer.Option(None, help="Unconditional branch (default: the official negative prompt)."),
@@ -55,6 +55,7 @@ def infer(
     from cosmos_lora.infer.prompts import STAGES, plan_jobs, read_prompts
     from cosmos_lora.infer.run import save_plan
     from cosmos_lora.model.parallel import choose_layout
+    from cosmos_lora.model import lora_formats
     from cosmos_lora.run_folder import RunFolder
     from cosmos_lora.model.adapter_files import from_file
 
@@ -67,7 +68,8 @@ def infer(
         config = load_preset(run_folder.config_file)
     else:
         config = load_preset(MODEL_PRESETS[model or "7b"])
-        adapter = from_file(lora) if lora else None
+        # a file that records no scale is taken at 1 x --lora-scale only when --lora-scale is given
+        adapter = from_file(lora, None if lora_scale is None else 1.0) if lora else None
     m = config.model
     height, width = resolution or m.resolution
     settings = InferSettings(
@@ -76,8 +78,9 @@ def infer(
         pixel_chunk_duration=m.pixel_chunk_duration, stages=stages, steps=steps, guidance=guidance, fps=fps,
         height=height, width=width, frames=frames or m.num_frames, precision=m.precision, overwrite=overwrite,
         attention_backend=attention, compile=compile, fp8=fp8, offload=offload,
-        adapter_file=adapter.source if adapter else None, lora_scale=lora_scale, cfg_parallel=cfg_parallel,
-        save_latents=save_latents,
+        adapter_file=adapter.source if adapter else None,
+        official_lora_scale=1.0 if adapter and adapter.scale_origin == lora_formats.STATED else None,
+        lora_scale=1.0 if lora_scale is None else lora_scale, cfg_parallel=cfg_parallel, save_latents=save_latents,
     )
     check_settings(settings)
     prompts = read_prompts(prompt or [], prompts_file, negative_prompt)
@@ -89,9 +92,9 @@ def infer(
     if layout.per_video > 1:
         note(layout.describe())
     if adapter and "lora" in STAGES[stages]:
-        note(f"LoRA: {adapter.summary()}")
+        note(f"LoRA: {adapter.summary()}; scale from {adapter.scale_origin}")
         if adapter.format == "official":
-            note("Official checkpoints do not store the LoRA scale: 1 is assumed, --lora-scale multiplies it.")
+            note("Official checkpoints do not store the LoRA scale: 1 is assumed (official LoRA inference applies 1), --lora-scale multiplies it.")
     plan = save_plan(settings, prompts, num_videos, seed)
     outcome = launch("cosmos_lora.infer.run", [str(plan)], Launch(processes))
     outcome.raise_unless_finished("every video was made", "rerun the same command: finished videos are kept.")

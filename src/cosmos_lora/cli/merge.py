@@ -1,5 +1,6 @@
 """`cosmos-lora merge`: a base DiT checkpoint with one or more LoRAs merged in, written tensor by tensor."""
 
+import math
 from pathlib import Path
 
 import typer
@@ -10,7 +11,11 @@ from cosmos_lora.errors import UserError
 
 def merge(
     base: Path = typer.Option(..., help="Official DiT model.pt to merge into (e.g. checkpoints/Cosmos-Predict1-7B-Text2World/model.pt)."),
-    adapter: list[str] = typer.Option(..., "--adapter", "-a", help="FILE[:WEIGHT] (repeatable): ours, diffusers, ComfyUI or official LoRA."),
+    adapter: list[str] = typer.Option(
+        ..., "--adapter", "-a",
+        help="FILE[:WEIGHT] (repeatable): ours, diffusers/PEFT, ComfyUI or official LoRA; WEIGHT multiplies its scale "
+        "(default 1) and is the scale of a file that records none.",
+    ),
     out: Path = typer.Option(..., help="The merged checkpoint (.pt), in the official flat format."),
 ) -> None:
     """Merge LoRAs into the base: W' = W + sum(weight * scale * up @ down), the official semantics.
@@ -19,18 +24,22 @@ def merge(
     copied file to file. The result loads wherever the base does (official inference as a
     post-trained model, `cosmos-lora infer`), with no LoRA support needed.
     """
+    from cosmos_lora.files import check_not_an_input
     from cosmos_lora.model import adapter_files, lora_formats
     from cosmos_lora.model.merge import BaseCheckpoint, WeightedLora, merge_checkpoint
 
     if out.suffix != ".pt":
         raise UserError(f"--out {out} does not end in .pt.", f"name it {out.stem}.pt (official inference reads model.pt).")
+    items = [parse_adapter(item) for item in adapter]
+    check_not_an_input(out, {"base checkpoint": base} | {f"adapter {path}": path for path, _ in items})
     checkpoint = BaseCheckpoint.open(base)
     loras = []
-    for item in adapter:
-        path, weight = parse_adapter(item)
-        lora = adapter_files.from_file(path)
+    for path, weight in items:
+        # a file that records no scale is taken at 1 x WEIGHT only when a weight is given
+        lora = adapter_files.from_file(path, None if weight is None else 1.0)
+        weight = 1.0 if weight is None else weight
         adapter_files.check_fits(lora, checkpoint.weight_shapes(), base)
-        note(f"LoRA x {weight:g}: {lora.summary()}")
+        note(f"LoRA x {weight:g}: {lora.summary()}; scale from {lora.scale_origin}")
         if lora.format == "official":
             note("  official files do not store their scale: 1 is assumed; the weight multiplies it.")
         loras.append(WeightedLora(lora.state, lora.spec, weight))
@@ -42,15 +51,18 @@ def merge(
     result(str(out))
 
 
-def parse_adapter(item: str) -> tuple[Path, float]:
-    """'a.safetensors:0.5' -> (a.safetensors, 0.5); without a weight, 1."""
+def parse_adapter(item: str) -> tuple[Path, float | None]:
+    """'a.safetensors:0.5' -> (a.safetensors, 0.5); without a weight, (a.safetensors, None)."""
     path, sep, weight = item.rpartition(":")
     if not sep or Path(item).exists():
-        return Path(item), 1.0
+        return Path(item), None
     try:
-        return Path(path), float(weight)
+        value = float(weight)
     except ValueError:
         raise UserError(f"--adapter {item!r}: {weight!r} is not a number.", "write FILE:WEIGHT, e.g. style.safetensors:0.7.") from None
+    if not math.isfinite(value):
+        raise UserError(f"--adapter {item!r}: the weight {weight} is not a finite number.", "write FILE:WEIGHT, e.g. style.safetensors:0.7.")
+    return Path(path), value
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,10 @@ Order of work in one process:
 """
 
 import contextlib
+import functools
 import json
+import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +26,7 @@ from cosmos_lora.files import atomic_write
 from cosmos_lora.infer.html import write_index
 from cosmos_lora.infer.prompts import STAGES, Job
 from cosmos_lora.model.adapter_files import Adapter, check_fits, from_file
-from cosmos_lora.model.checkpoint import read_official_checkpoint, split_official_state, unwrap_container
+from cosmos_lora.model.checkpoint import base_fingerprint, read_official_checkpoint, split_official_state, unwrap_container
 from cosmos_lora.model.dit import DiTSize, size_from_state_dict
 from cosmos_lora.model.generation import VideoSettings, generate_video
 from cosmos_lora.model.network import BlockSettings, build_network
@@ -33,6 +36,11 @@ from cosmos_lora.model.parallel import VideoGroups, cfg_split, parallelize
 from cosmos_lora.progress import progress_bar
 
 STAGE_LABELS = {"original": "original", "lora": "LoRA"}
+MAX_STEPS, MAX_FPS = 1000, 1000.0
+# settings that do not decide what a video looks like: a rerun into the same folder may change them
+RERUN_MAY_CHANGE = {"out_dir", "stages", "overwrite", "offload", "extra_meta", "gpus_per_video", "cfg_parallel", "save_latents"}
+# settings a LoRA video's sidecar records through `Adapter.describe` (the file, its hash, the scale used)
+ADAPTER_SETTINGS = {"adapter_file", "official_lora_scale", "lora_scale"}
 
 
 @dataclass
@@ -90,8 +98,15 @@ def check_settings(settings: InferSettings) -> None:
             f"{frames} frames is more than the tokenizer's {settings.pixel_chunk_duration}-frame chunk.",
             f"use at most --frames {settings.pixel_chunk_duration}.",
         )
-    if settings.steps < 1:
-        raise UserError(f"--steps {settings.steps} is not a number of denoising steps.", "use e.g. --steps 35.")
+    if not 1 <= settings.steps <= MAX_STEPS:
+        raise UserError(f"--steps {settings.steps} is not a number of denoising steps (1 to {MAX_STEPS}).", "use e.g. --steps 35.")
+    if not (math.isfinite(settings.guidance) and settings.guidance >= 0):
+        raise UserError(f"--guidance {settings.guidance} is not a guidance strength (a finite number >= 0).", "use e.g. --guidance 7.")
+    if not (math.isfinite(settings.fps) and 0 < settings.fps <= MAX_FPS):
+        raise UserError(f"--fps {settings.fps} is not a frame rate (above 0, at most {MAX_FPS:g}).", "use e.g. --fps 24.")
+    for option, value in (("--lora-scale", settings.lora_scale), ("the adapter's scale", settings.official_lora_scale)):
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"{option} {value} is not a finite number.", "use e.g. --lora-scale 1.")
     if "lora" in STAGES[settings.stages] and settings.adapter_file is None:
         raise UserError(f"--stages {settings.stages} needs a LoRA.", "pass --run NAME or --lora FILE, or use --stages original.")
 
@@ -149,15 +164,60 @@ def compare_path(out_dir: Path, job: Job) -> Path:
     return out_dir / "compare" / job.prompt.name / f"seed_{job.seed}.mp4"
 
 
+def made_of(settings: InferSettings, job: Job, stage: str) -> dict:
+    """Everything that decides what a stage's video looks like, as its sidecar records it: the prompt, its
+    negative, the seed, every setting a rerun may not change, the base checkpoint's fingerprint and, for
+    the LoRA stage, the adapter (file, sha256, scale). `job_done` counts a video only when these match."""
+    recorded = {k: v for k, v in settings.to_json().items() if k not in RERUN_MAY_CHANGE | ADAPTER_SETTINGS}
+    meta = {
+        "prompt": job.prompt.text, "negative_prompt": job.prompt.negative, "prompt_name": job.prompt.name,
+        "seed": job.seed, "stage": stage, **recorded, "dit_fingerprint": _fingerprint(settings.dit, *_stamp(settings.dit)),
+    }
+    if stage == "lora":
+        meta |= _adapter_description(settings.adapter_file, settings.official_lora_scale, settings.lora_scale, *_stamp(settings.adapter_file))
+    return json.loads(json.dumps(meta))  # as read back from the sidecar
+
+
 def job_done(settings: InferSettings, job: Job) -> bool:
-    """Every stage's video with its sidecar (written last), and the comparison for `both`."""
-    videos = [video_path(settings.out_dir, s, job) for s in STAGES[settings.stages]]
-    paths = videos + [v.with_suffix(".json") for v in videos]
-    if settings.save_latents:
-        paths += [latents_path(v) for v in videos]
-    if settings.stages == "both":
-        paths.append(compare_path(settings.out_dir, job))
-    return all(p.is_file() for p in paths)
+    """Every stage's video with its sidecar written after it and recording what this job would make
+    (`made_of`), and for `both` the comparison written after them. Anything else is redone."""
+    made = 0
+    for stage in STAGES[settings.stages]:
+        video = video_path(settings.out_dir, stage, job)
+        sidecar = video.with_suffix(".json")
+        if not (video.is_file() and sidecar.is_file()) or sidecar.stat().st_mtime_ns < video.stat().st_mtime_ns:
+            return False
+        try:
+            recorded = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return False
+        if any(recorded.get(key) != value for key, value in made_of(settings, job, stage).items()):
+            return False
+        if settings.save_latents and not latents_path(video).is_file():
+            return False
+        made = max(made, sidecar.stat().st_mtime_ns)
+    compare = compare_path(settings.out_dir, job)
+    return settings.stages != "both" or (compare.is_file() and compare.stat().st_mtime_ns >= made)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime): a changed file is read again by the caches below."""
+    info = Path(path).stat()
+    return info.st_size, info.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(path: Path, size: int, mtime: int) -> str:
+    return base_fingerprint(Path(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _adapter_description(path: Path, official_scale: float | None, lora_scale: float, size: int, mtime: int) -> dict:
+    return from_file(path, official_scale).describe(lora_scale)
+
+
+class NonFinite(Exception):
+    """A sample went NaN or inf: its video would be black."""
 
 
 class Text2WorldGenerator:
@@ -239,47 +299,57 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
     embeddings = embed_prompts(settings, todo, device)
     generator = Text2WorldGenerator(settings, device, groups)
     stages = STAGES[settings.stages]
-    written = []
+    written, failed = [], []
     with progress_bar(show_progress) as progress:
         videos_task = progress.add_task("videos", total=len(todo) * len(stages))
         steps_task = progress.add_task("steps", total=settings.steps)
+
+        def on_step(i: int, x0: torch.Tensor, x: torch.Tensor) -> None:
+            if not torch.isfinite(x).all():  # a NaN/inf sample decodes to a black video
+                raise NonFinite(i)
+            progress.advance(steps_task)
+
         for job in todo:
             outputs = {}
             for stage in stages:
                 progress.reset(steps_task, description=f"{stage}: {job.prompt.name} seed {job.seed}")
                 started = time.perf_counter()
                 generator.set_stage(stage)
-                outputs[stage], latents, timings = generator.generate(
-                    embeddings[job.prompt.text], embeddings[job.prompt.negative], job.seed,
-                    on_step=lambda i, x0, x: progress.advance(steps_task),
-                )
+                try:
+                    outputs[stage], latents, timings = generator.generate(
+                        embeddings[job.prompt.text], embeddings[job.prompt.negative], job.seed,
+                        on_step=on_step,
+                    )
+                except NonFinite as stop:
+                    print(f"{stage} video of {job.prompt.name} seed {job.seed}: the sample went NaN/inf at step "
+                          f"{stop.args[0] + 1}; no video written.", file=sys.stderr)
+                    failed.append(job)
+                    break
                 timings["seconds"] = round(time.perf_counter() - started, 3)
                 if generator.writes:
-                    written.append(_write_stage(settings, job, stage, outputs[stage], latents, timings, generator.adapter))
+                    written.append(_write_stage(settings, job, stage, outputs[stage], latents, timings))
                 progress.advance(videos_task)
-            if len(stages) == 2 and generator.writes:
+            if len(stages) == 2 and len(outputs) == 2 and generator.writes:
                 frames = side_by_side([outputs[s] for s in stages], [STAGE_LABELS[s] for s in stages])
                 write_video(compare_path(settings.out_dir, job), frames, settings.fps)
+    if failed:
+        raise UserError(
+            f"{len(failed)} of {len(todo)} jobs went NaN/inf while sampling (listed above); their videos were not written.",
+            "lower --guidance or --lora-scale, or use an earlier adapter (--step); finished videos are kept.",
+        )
     return written
 
 
-def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, latents: torch.Tensor, timings: dict,
-                 adapter) -> Path:
-    """The video (and latents), then `prompt.txt`, then the sidecar: a video without its sidecar counts as unfinished."""
+def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, latents: torch.Tensor,
+                 timings: dict) -> Path:
+    """The video (and latents), then `prompt.txt`, then the sidecar (what made the video, then timings): a
+    video without its sidecar, or with an older one, counts as unfinished."""
     path = video_path(settings.out_dir, stage, job)
     write_video(path, frames, settings.fps)
     if settings.save_latents:
         atomic_write(latents_path(path), safetensors.torch.save({"latents": latents.float().cpu().contiguous()}))
     _write_text(path.parent / "prompt.txt", job.prompt.text + "\n")
-    meta = {
-        "prompt": job.prompt.text, "negative_prompt": job.prompt.negative, "prompt_name": job.prompt.name,
-        "seed": job.seed, "stage": stage, "steps": settings.steps, "guidance": settings.guidance, "fps": settings.fps,
-        "height": settings.height, "width": settings.width, "frames": settings.frames, "precision": settings.precision,
-        "dit": str(settings.dit), "tokenizer": str(settings.tokenizer), "text_encoder": str(settings.text_encoder),
-        **timings,
-        **(adapter.describe(settings.lora_scale) if stage == "lora" and adapter else {}),
-        **settings.extra_meta,
-    }
+    meta = made_of(settings, job, stage) | timings | settings.extra_meta
     _write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
     return path
 

@@ -30,6 +30,7 @@ class Adapter:
     format: str = "cosmos-lora"  # cosmos-lora, diffusers, comfyui or official
     step: int | None = None
     ema: bool = False
+    scale_origin: str = "the file's metadata"  # where spec.scale comes from (lora_formats)
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -44,6 +45,7 @@ class Adapter:
             "adapter": str(self.source), "adapter_format": self.format, "adapter_sha256": self.sha256,
             "adapter_step": self.step, "adapter_ema": self.ema, "lora_rank": self.spec.rank,
             "lora_trained_scale": self.spec.scale, "lora_scale_multiplier": lora_scale, "lora_scale": self.spec.scale * lora_scale,
+            "lora_scale_origin": self.scale_origin,
             "lora_blocks": list(self.spec.blocks), "lora_targets": list(self.spec.targets),
         }
 
@@ -57,12 +59,20 @@ class Adapter:
 
 
 def from_file(path: Path, scale: float | None = None) -> Adapter:
-    """Any supported LoRA file. `scale` is for official checkpoints, which do not store theirs (default 1)."""
+    """Any supported LoRA file (or PEFT's save_pretrained folder), refused if it holds NaN or inf. `scale`:
+    the scale the user stated for a file that records none (official ones are applied at 1 like official inference)."""
     path = Path(path)
+    path = path / lora_formats.PEFT_FILE if path.is_dir() else path
     if not path.is_file():
         raise UserError(f"No LoRA file at {path}.", "check the path given to --lora.")
+    adapter = _from_file(path, scale)
+    lora_formats.check_finite(adapter.state, path)
+    return adapter
+
+
+def _from_file(path: Path, scale: float | None) -> Adapter:
     if path.suffix == ".safetensors":
-        return _from_safetensors(path)
+        return _from_safetensors(path, scale)
     if path.suffix in OFFICIAL_SUFFIXES:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -73,14 +83,14 @@ def from_file(path: Path, scale: float | None = None) -> Adapter:
             raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a state dict.", "pass an official cosmos-predict1 checkpoint.")
         # the official LoRA example trains with scale 1; `--lora-scale` sets another
         state, spec = from_official(checkpoint, scale=1.0 if scale is None else scale, source=path)
-        return Adapter(state, spec, path, "official")
+        return Adapter(state, spec, path, "official", scale_origin="1, as official LoRA inference applies it")
     raise UserError(
         f"{path} is not a LoRA file cosmos-lora reads.",
         f"pass a .safetensors adapter (ours, diffusers or ComfyUI) or an official checkpoint ({', '.join(OFFICIAL_SUFFIXES)}).",
     )
 
 
-def _from_safetensors(path: Path) -> Adapter:
+def _from_safetensors(path: Path, scale: float | None = None) -> Adapter:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -94,15 +104,15 @@ def _from_safetensors(path: Path) -> Adapter:
         return Adapter(state, spec, path, "cosmos-lora", step, metadata.get("ema") == "True")
     kind = lora_formats.detect(keys, metadata)
     if kind == "comfyui":
-        state, spec = lora_formats.from_comfyui(tensors, path)
+        state, spec, origin = lora_formats.from_comfyui(tensors, path)
     elif kind == "diffusers":
-        state, spec = lora_formats.from_diffusers(tensors, metadata, path)
+        state, spec, origin = lora_formats.from_diffusers(tensors, metadata, path, scale)
     else:
         raise UserError(
             f"{path} is not a LoRA format cosmos-lora knows (tensors like {', '.join(keys[:2]) or 'none'}).",
             "pass our adapter, a diffusers/peft export (…lora_A.weight) or a ComfyUI one (diffusion_model.…lora_up.weight).",
         )
-    return Adapter(state, spec, path, kind)
+    return Adapter(state, spec, path, kind, scale_origin=origin)
 
 
 def check_fits(adapter: Adapter, weight_shapes: dict[str, torch.Size], dit: Path) -> None:

@@ -114,9 +114,9 @@ def load_lora_state(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
 
 
 def save_adapter(path: Path, state: dict[str, torch.Tensor], spec: LoraSpec, extra_metadata: dict | None = None) -> None:
-    """Atomic write of one adapter file (tensors in fp32, spec in the metadata)."""
+    """One adapter file (tensors in fp32, spec in the metadata), published through `cosmos_lora.files`."""
     metadata = spec.to_metadata() | {k: str(v) for k, v in (extra_metadata or {}).items()}
-    with publishing(Path(path)) as tmp:
+    with publishing(path) as tmp:
         save_file({k: v.float().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
 
 

@@ -1,9 +1,12 @@
 """LoRA files of other tools <-> our peft-named tensors: diffusers, ComfyUI and the official cosmos-predict1 layout.
 
-    diffusers / peft  [transformer.]transformer_blocks.0.attn1.to_q.lora_A.weight, .lora_B.weight
-                      scale = lora_alpha / r from the `lora_adapter_metadata` JSON, else 1
+    diffusers / peft  [transformer.|base_model.model.]transformer_blocks.0.attn1.to_q.lora_A.weight, .lora_B.weight
+                      scale = lora_alpha / r from the `lora_adapter_metadata` JSON, or from the
+                      `adapter_config.json` PEFT's `save_pretrained` writes beside `adapter_model.safetensors`
+                      (with its per-module `rank_pattern` / `alpha_pattern`), or from `.alpha` tensors;
+                      a file recording none of these has no knowable scale and needs `--lora-scale`
     ComfyUI           diffusion_model.blocks.block0.blocks.0.block.attn.to_q.0.lora_down.weight, .lora_up.weight
-                      (official module names), optional `.alpha`: scale = alpha / rank, else 1
+                      (official module names), optional `.alpha`: scale = alpha / rank, else 1 (as ComfyUI applies it)
     official          net.blocks.block0.blocks.0.block.attn.to_q_lora.net.0.weight: key map in `lora`,
                       the form official inference applies in `to_official_inference`
 
@@ -13,12 +16,15 @@ ComfyUI's generic loader (`comfy/lora.py: model_lora_keys_unet`) maps `diffusion
 diffusers' `load_lora_adapter(prefix="transformer")` strips `transformer.` and builds its `LoraConfig` from the
 `lora_adapter_metadata` JSON when present, as `save_lora_weights` writes it.
 
-Whatever the format, an import is checked the same way: one rank, the same (block, target) grid
-everywhere, targets among those `cosmos_lora.model.lora` knows.
+Whatever the format, an import is checked the same way: the same (block, target) grid everywhere,
+targets among those `cosmos_lora.model.lora` knows, finite numbers. Where ranks or scales differ per
+module, each module's scale is folded into its up matrix and ranks are zero-padded to the largest:
+every delta `scale * up @ down` is unchanged, and the adapter has one rank and scale 1.
 """
 
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -35,6 +41,12 @@ KNOWN_TARGETS = OFFICIAL_TARGETS + tuple(t for group in EXTRA_TARGETS.values() f
 DIFFUSERS_PREFIXES = ("transformer.", "base_model.model.")
 COMFYUI_PREFIX = "diffusion_model."
 DIFFUSERS_METADATA = "lora_adapter_metadata"
+PEFT_FILE, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"  # what PEFT's save_pretrained writes
+STATED = "--lora-scale (the file records none)"  # the origin of a scale the user gave
+SCALE_FIX = (
+    "give the scale it was trained with (lora_alpha / r; 1 when trained without alpha): "
+    "`infer --lora-scale S`, `merge -a FILE:S`; or keep PEFT's adapter_config.json beside it as adapter_model.safetensors."
+)
 _DOWN_UP = {"lora_A.weight": "A", "lora_B.weight": "B", "lora_down.weight": "A", "lora_up.weight": "B"}
 
 
@@ -48,19 +60,33 @@ def detect(keys, metadata: dict[str, str]) -> str | None:
     return None
 
 
-def from_diffusers(tensors: dict[str, torch.Tensor], metadata: dict[str, str], source) -> tuple[dict, LoraSpec]:
+def from_diffusers(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str], source: Path, stated_scale: float | None = None
+) -> tuple[dict, LoraSpec, str]:
+    """Our tensors, their spec and where the scale came from. `stated_scale` is taken only when the file
+    records no scale (no metadata, no adapter_config.json beside it, no `.alpha` tensors)."""
     def module_of(name: str) -> str:
         for prefix in DIFFUSERS_PREFIXES:
             name = name.removeprefix(prefix)
         return name
 
     state, alphas = _collect(tensors, module_of, source)
-    config = _diffusers_config(metadata, source)
-    scale = _scale_from_config(config, _rank(state), source) if config else _scale_from_alphas(alphas, state, source)
-    return state, spec_from_state(state, scale)
+    configs = [(f"{source}'s metadata", _diffusers_config(metadata, source)), *peft_config_beside(Path(source))]
+    found = [(where, module_scales(config, state, where)) for where, config in configs if config]
+    if len({tuple(sorted(scales.items())) for _, scales in found}) > 1:
+        (first, a), (second, b) = found[:2]
+        module = next(m for m in a if a[m] != b[m])
+        raise UserError(f"{first} gives {module} scale {a[module]:g}, {second} gives {b[module]:g}.", "keep only the right one.")
+    if found:
+        return _with_scales(state, found[0][1], f"lora_alpha / r from {found[0][0]}")
+    if alphas:
+        return _with_scales(state, _alpha_scales(alphas, state), ".alpha tensors")
+    if stated_scale is None:
+        raise UserError(f"{source} does not record its LoRA scale (no lora_alpha anywhere).", SCALE_FIX)
+    return _with_scales(state, dict.fromkeys(_ranks(state), stated_scale), STATED)
 
 
-def from_comfyui(tensors: dict[str, torch.Tensor], source) -> tuple[dict, LoraSpec]:
+def from_comfyui(tensors: dict[str, torch.Tensor], source) -> tuple[dict, LoraSpec, str]:
     def module_of(name: str) -> str | None:
         if not name.startswith(COMFYUI_PREFIX):
             return None
@@ -68,9 +94,48 @@ def from_comfyui(tensors: dict[str, torch.Tensor], source) -> tuple[dict, LoraSp
         return ours.removesuffix(".weight") if ours else None
 
     state, alphas = _collect(tensors, module_of, source)
-    return state, spec_from_state(state, _scale_from_alphas(alphas, state, source))
+    # ComfyUI's loader applies alpha / rank, and 1 to a module without `.alpha`
+    return _with_scales(state, _alpha_scales(alphas, state), ".alpha tensors" if alphas else "1 (no .alpha: as ComfyUI applies it)")
 
 
+def peft_config_beside(path: Path) -> list[tuple[str, dict]]:
+    """[(where, config)] of the adapter_config.json beside a PEFT `adapter_model.safetensors`, or []."""
+    config_path = path.with_name(PEFT_CONFIG)
+    if path.name != PEFT_FILE or not config_path.is_file():
+        return []
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{config_path} is not JSON ({error}).", "save the adapter again with PEFT's save_pretrained.") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path} is not a PEFT adapter config.", "save the adapter again with PEFT's save_pretrained.")
+    return [(str(config_path), config)]
+
+
+def module_scales(config: dict, state: dict[str, torch.Tensor], where: str) -> dict[str, float]:
+    """Each module's scale as PEFT computes it: lora_alpha / r (rslora: / sqrt(r)), per-module values from
+    `rank_pattern` / `alpha_pattern` (keys matched as PEFT matches them: the module name or a dotted suffix)."""
+    rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    scales = {}
+    for module, rank in _ranks(state).items():
+        configured = _pattern_value(rank_pattern, module, config.get("r"))
+        if configured not in (None, rank):
+            raise UserError(f"{where} says rank {configured} for {module}, its tensors have rank {rank}.", "export the LoRA again.")
+        alpha = _pattern_value(alpha_pattern, module, config.get("lora_alpha", rank))
+        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise UserError(f"{where}: lora_alpha {alpha!r} for {module} is not a number.", "export the LoRA again.")
+        scales[module] = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    return scales
+
+
+def check_finite(state: dict[str, torch.Tensor], source) -> None:
+    """A LoRA holding NaN or inf would turn every video it touches black: refused when it is read."""
+    for key, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            raise UserError(
+                f"{source} holds non-finite numbers (NaN or inf) in {key}.",
+                "use an earlier adapter of the run (--step) or export it again; training with a lower lr avoids this.",
+            )
 def to_diffusers(
     state: dict[str, torch.Tensor], spec: LoraSpec, fold_scale: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -99,8 +164,8 @@ def to_comfyui(state: dict[str, torch.Tensor], spec: LoraSpec) -> dict[str, torc
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Atomic write (temporary file, then rename)."""
-    with publishing(Path(path)) as tmp:
+    """Published through `cosmos_lora.files` (atomic, mode from the umask)."""
+    with publishing(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
@@ -209,11 +274,6 @@ def _split(name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def _rank(state: dict[str, torch.Tensor]) -> int:
-    """The rank of the first down matrix (`spec_from_state` checks that all agree)."""
-    return next(v.shape[0] for k, v in state.items() if ".lora_A." in k)
-
-
 def _known_target(module: str) -> bool:
     parts = module.split(".")
     return len(parts) > 2 and parts[0] == "transformer_blocks" and parts[1].isdigit() and ".".join(parts[2:]) in KNOWN_TARGETS
@@ -230,20 +290,44 @@ def _diffusers_config(metadata: dict[str, str], source) -> dict:
     return {k.removeprefix("transformer."): v for k, v in config.items() if not k.startswith("text_encoder")}
 
 
-def _scale_from_config(config: dict, rank: int, source) -> float:
-    if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise UserError(f"{source} uses per-layer ranks or alphas.", "export it with one rank and one alpha.")
-    if config.get("r") not in (None, rank):
-        raise UserError(f"{source}: its metadata says rank {config['r']}, its tensors have rank {rank}.", "export it again.")
-    alpha = config.get("lora_alpha", rank)
-    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+def _ranks(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Each module's rank (the rows of its down matrix)."""
+    return {k.removesuffix(".lora_A.weight"): v.shape[0] for k, v in state.items() if k.endswith(".lora_A.weight")}
 
 
-def _scale_from_alphas(alphas: dict[str, float], state: dict, source) -> float:
-    if not alphas:
-        return 1.0
-    rank = _rank(state)
-    values = sorted(set(alphas.values()))
-    if len(values) != 1:
-        raise UserError(f"{source} has different alphas per layer ({values[:4]}).", "export it with one alpha.")
-    return values[0] / rank
+def _pattern_value(patterns: dict, module: str, default):
+    """PEFT's `get_pattern_key`: the first key that is the module name or a dotted suffix of it."""
+    for key, value in patterns.items():
+        for prefix in DIFFUSERS_PREFIXES:
+            key = key.removeprefix(prefix)
+        try:
+            if re.match(rf"(.*\.)?({key})$", module):
+                return value
+        except re.error as error:
+            raise UserError(f"The LoRA config's pattern {key!r} is not a regular expression ({error}).", "fix or remove it.") from None
+    return default
+
+
+def _alpha_scales(alphas: dict[str, float], state: dict) -> dict[str, float]:
+    """alpha / rank per module; 1 where a module has no alpha."""
+    return {module: alphas[module] / rank if module in alphas else 1.0 for module, rank in _ranks(state).items()}
+
+
+def _with_scales(state: dict[str, torch.Tensor], scales: dict[str, float], origin: str) -> tuple[dict, LoraSpec, str]:
+    """One scale for all: the spec carries it. Scales or ranks differing per module: each scale folded into
+    its up matrix, ranks zero-padded to the largest (every delta unchanged), scale 1."""
+    if bad := next((m for m, scale in scales.items() if not math.isfinite(scale)), None):
+        raise UserError(f"The LoRA's scale for {bad} is {scales[bad]} ({origin}).", "export the LoRA again with a finite alpha.")
+    ranks = _ranks(state)
+    if len(set(scales.values())) == 1 and len(set(ranks.values())) == 1:
+        return state, spec_from_state(state, next(iter(scales.values()))), origin
+    rank = max(ranks.values())
+    folded = {}
+    for module, scale in scales.items():
+        down, up = state[f"{module}.lora_A.weight"], state[f"{module}.lora_B.weight"] * scale
+        pad = rank - down.shape[0]
+        folded[f"{module}.lora_A.weight"] = torch.cat([down, down.new_zeros(pad, down.shape[1])]) if pad else down
+        folded[f"{module}.lora_B.weight"] = torch.cat([up, up.new_zeros(up.shape[0], pad)], dim=1) if pad else up
+    low, high = min(scales.values()), max(scales.values())
+    where = f"{origin}, per module ({low:g} to {high:g}) folded into the up matrices"
+    return folded, spec_from_state(folded, 1.0), where + (f", ranks padded to {rank}" if len(set(ranks.values())) > 1 else "")

@@ -4,6 +4,7 @@ classifier-free guidance), and a unique name that folders and video files are ca
 Shared by `infer` (prompts from options and files) and training's validation samples.
 """
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -31,12 +32,18 @@ def slugify(text: str, max_len: int = 60) -> str:
     return slug[:max_len].rstrip("-") or "prompt"
 
 
+def prompt_folder(text: str) -> str:
+    """The folder a prompt's videos go to: readable (its slug) and its own (a hash of the whole text), so
+    prompts that differ after 60 characters, in case or punctuation, or only in non-ASCII letters never share one."""
+    return f"{slugify(text)}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
+
+
 def named_prompts(entries: list[dict], negative: str = DEFAULT_NEGATIVE_PROMPT) -> list[Prompt]:
     """`{"prompt", optional "name", "negative_prompt", "seed"}` entries as prompts with unique names
-    (the given name or the prompt's slug; a repeated one gets -2, -3, ...)."""
+    (the given name or `prompt_folder`; a repeated one gets -2, -3, ...)."""
     prompts, used = [], set()
     for entry in entries:
-        name = entry.get("name") or slugify(entry["prompt"])
+        name = entry.get("name") or prompt_folder(entry["prompt"])
         unique, n = name, 2
         while unique in used:
             unique, n = f"{name}-{n}", n + 1
