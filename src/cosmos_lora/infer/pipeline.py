@@ -29,7 +29,7 @@ from cosmos_lora.model.fp8 import use_fp8_linears
 from cosmos_lora.model.lora import LoraSpec, add_lora, load_lora_state
 from cosmos_lora.model.sampler import sample_latents
 from cosmos_lora.model.text_encoder import T5TextEncoder
-from cosmos_lora.model.tokenizer import TOKENIZER_FILES, VideoTokenizer, latent_frames, video_to_uint8
+from cosmos_lora.model.tokenizer import VideoTokenizer, check_tokenizer_folder, latent_frames, video_to_uint8
 from cosmos_lora.files import atomic_write
 from cosmos_lora.progress import progress_bar
 
@@ -107,9 +107,7 @@ def check_model(settings: InferSettings, adapter: Adapter | None) -> None:
             f"generates (at most {1 + 8 * (t - 1)} frames of {8 * h}x{8 * w}).",
             "lower --frames or --resolution.",
         )
-    missing = [name for name in TOKENIZER_FILES if not (settings.tokenizer / name).is_file()]
-    if missing:
-        raise UserError(f"The tokenizer folder {settings.tokenizer} lacks {', '.join(missing)}.", "run `cosmos-lora download`.")
+    check_tokenizer_folder(settings.tokenizer)
     t5_config = settings.text_encoder / "config.json"
     if not t5_config.is_file():
         raise UserError(f"No T5 text encoder at {settings.text_encoder} (config.json missing).", "run `cosmos-lora download`.")

@@ -15,7 +15,7 @@ from cosmos_lora.distributed import Distributed, run_worker
 from cosmos_lora.errors import UserError
 from cosmos_lora.infer.pipeline import InferSettings, finish, job_done, run_jobs
 from cosmos_lora.infer.prompts import Job, Prompt, plan_jobs, shard
-from cosmos_lora.files import atomic_write
+from cosmos_lora.files import atomic_write, require_writable
 
 PLAN = "plan.json"
 # settings that do not change what a finished video looks like: a rerun may differ in them
@@ -25,6 +25,7 @@ RERUN_MAY_CHANGE = {"out_dir", "stages", "overwrite", "extra_meta"}
 def save_plan(settings: InferSettings, prompts: list[Prompt], num_videos: int, seed: int) -> Path:
     """Writes `<out>/plan.json`. Refuses to mix videos of other settings into an existing folder
     (they would be skipped as finished) unless `overwrite` redoes them."""
+    require_writable(settings.out_dir, "the videos")
     path = settings.out_dir / PLAN
     if path.is_file() and not settings.overwrite:
         _check_same_settings(json.loads(path.read_text())["settings"], settings.to_json(), settings.out_dir)
