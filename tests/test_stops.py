@@ -6,6 +6,7 @@ The subprocess tests wait for files and lines, never for a fixed time: they hold
 """
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from cosmos_lora.cli.app import app
@@ -24,6 +26,7 @@ from cosmos_lora.distributed import Distributed
 from cosmos_lora.errors import EXIT_STOPPED, UserError
 from cosmos_lora.model.lora import spec_for
 from cosmos_lora.model.tiny import TINY_TOKENIZER
+from cosmos_lora.progress import JobProgress
 from cosmos_lora.run_folder import RunFolder
 from cosmos_lora.train import checkpointer as checkpointer_module
 from cosmos_lora.train.checkpointer import Checkpointer
@@ -60,11 +63,14 @@ def stop_after_first_video(command: list[str], out: Path) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-def test_infer_output_to_a_pipe_shows_each_video_while_it_runs_and_sigterm_ends_with_one_line(cli_env):
-    """One process (no torchrun): a plain line per finished video reaches a pipe at once, and a SIGTERM sent on
-    reading the first of them stops the run (it had not ended) with one `Error:` line and no temporaries."""
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["sigterm", "ctrl-c-to-the-process-group"])
+def test_infer_output_to_a_pipe_shows_each_video_while_it_runs_and_a_stop_ends_with_one_line(cli_env, ctrl_c):
+    """One process (no torchrun): a plain line per finished video reaches a pipe at once, and a stop sent on
+    reading the first of them (SIGTERM to the CLI, or SIGINT to its whole process group as a terminal's
+    Ctrl-C, ffmpeg included) ends the run (it had not ended) with one `Error:` line and no temporaries."""
     out = cli_env.outputs / "infer" / "piped"
-    cli = subprocess.Popen(infer_command("piped", 1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen(infer_command("piped", 1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=ctrl_c)
     seen = []
     for line in cli.stderr:
         seen.append(line)
@@ -72,7 +78,10 @@ def test_infer_output_to_a_pipe_shows_each_video_while_it_runs_and_sigterm_ends_
             break
     assert seen and seen[-1].startswith("video 1/6"), "".join(seen)
     assert "original/prompt-0/seed_0.mp4" in seen[-1]  # names the finished video
-    cli.send_signal(signal.SIGTERM)
+    if ctrl_c:
+        os.killpg(cli.pid, signal.SIGINT)
+    else:
+        cli.send_signal(signal.SIGTERM)
     stderr = "".join(seen) + cli.stderr.read()
     assert cli.wait(timeout=120) == EXIT_STOPPED, stderr  # it was still running: the line came before the end
     assert errors_in(stderr) == ["Error: Stopped before every video was made."], stderr
@@ -90,6 +99,22 @@ def test_infer_with_two_processes_stopped_by_sigterm_prints_one_line_and_no_trac
     assert errors_in(stderr) == ["Error: Stopped before every video was made."], stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert not temporaries(out)
+
+
+def test_progress_writes_plain_lines_at_its_interval_and_at_the_end_when_not_on_a_terminal():
+    log = io.StringIO()
+    with JobProgress(console=Console(file=log), plain_every_s=0) as progress:
+        task = progress.add_task("videos", total=3)
+        progress.advance(task)
+        progress.note("video 1/3: a.mp4")
+        progress.advance(task, 2)
+    lines = log.getvalue().splitlines()
+    assert lines[0].startswith("videos: 1/3, 0:00:00 elapsed") and lines[1] == "video 1/3: a.mp4"
+    assert lines[2].startswith("videos: 3/3") and lines[-1] == lines[2] and len(lines) == 4  # the end: once more
+    quiet = io.StringIO()
+    with JobProgress(console=Console(file=quiet), plain_every_s=3600) as progress:
+        progress.advance(progress.add_task("videos", total=3))
+    assert [line.split(",")[0] for line in quiet.getvalue().splitlines()] == ["videos: 1/3"]  # only the last line
 
 
 # -- the tokenizer, checked before anything starts ------------------------------------------------------

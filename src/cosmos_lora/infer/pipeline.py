@@ -260,6 +260,7 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
                 timings["seconds"] = round(time.perf_counter() - started, 3)
                 written.append(_write_stage(settings, job, stage, outputs[stage], timings, generator.adapter))
                 progress.advance(videos_task)
+                progress.note(f"video {len(written)}/{len(todo) * len(stages)} ({timings['seconds']:.0f} s): {written[-1]}")
             if len(stages) == 2:
                 frames = side_by_side([outputs[s] for s in stages], [STAGE_LABELS[s] for s in stages])
                 write_video(compare_path(settings.out_dir, job), frames, settings.fps)
