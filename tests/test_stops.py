@@ -48,14 +48,18 @@ def temporaries(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".tmp" in p.name]
 
 
-def stop_after_first_video(command: list[str], out: Path) -> tuple[int, str]:
-    """Starts `command`, SIGTERMs it once its first video exists; (exit code, stderr)."""
+def stop_after_first_video(command: list[str], out: Path, signals: int = 1) -> tuple[int, str]:
+    """Starts `command`, SIGTERMs it once its first video exists (`signals` times, as an impatient user
+    or a scheduler does); (exit code, stderr)."""
     cli = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while not list(out.glob("original/*/seed_0.mp4")):
         assert cli.poll() is None and time.monotonic() < deadline, "the run ended or hung before its first video"
         time.sleep(0.05)
-    cli.send_signal(signal.SIGTERM)
+    for _ in range(signals):
+        if cli.poll() is None:
+            cli.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
     return cli.wait(timeout=120), cli.communicate()[1]
 
 
@@ -91,14 +95,37 @@ def test_infer_output_to_a_pipe_shows_each_video_while_it_runs_and_a_stop_ends_w
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("attempt", range(2))
-def test_infer_with_two_processes_stopped_by_sigterm_prints_one_line_and_no_traceback(cli_env, attempt):
+@pytest.mark.parametrize("signals", [1, 2])
+def test_infer_with_two_processes_stopped_by_sigterm_prints_one_line_and_no_traceback(cli_env, signals):
+    """Each worker gets every stop twice (from the CLI and from torchrun); a second stop while the first
+    unwinds must not end a worker with a traceback."""
     out = cli_env.outputs / "infer" / "two"
-    code, stderr = stop_after_first_video(infer_command("two", 2), out)
+    code, stderr = stop_after_first_video(infer_command("two", 2), out, signals)
     assert code == EXIT_STOPPED, stderr
-    assert errors_in(stderr) == ["Error: Stopped before every video was made."], stderr
+    assert len(errors_in(stderr)) == 1 and errors_in(stderr)[0].startswith("Error: Stopped"), stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert not temporaries(out)
+
+
+def stop_this_process(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(1)  # the handler runs at the next bytecode: well within this
+
+
+@pytest.mark.parametrize("when", ["while the process group forms", "again while the first stop unwinds"])
+def test_a_worker_stopped_at_any_moment_exits_stopped_without_a_traceback(monkeypatch, when):
+    from cosmos_lora import distributed
+
+    def work(dist_info):
+        stop_this_process()
+
+    if when == "while the process group forms":
+        monkeypatch.setattr(distributed, "init_distributed", stop_this_process)
+    else:
+        monkeypatch.setattr(distributed, "close_distributed", stop_this_process)
+    before = signal.getsignal(signal.SIGTERM)
+    assert distributed.run_worker(work, process_group=False) == EXIT_STOPPED
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_progress_writes_plain_lines_at_its_interval_and_at_the_end_when_not_on_a_terminal():
