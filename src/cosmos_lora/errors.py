@@ -9,6 +9,8 @@ continues it. Every command exits EXIT_STOPPED for it, so a script (or a Slurm r
 "rerun me" from "fix something first".
 """
 
+import re
+
 EXIT_ERROR = 1
 EXIT_STOPPED = 3  # stopped by Ctrl-C or SIGTERM; rerun (the printed command) to continue
 
@@ -26,3 +28,16 @@ class Stopped(UserError):
     """Ctrl-C or SIGTERM stopped the work after it kept what it had finished; `fix` says how to go on."""
 
     exit_code = EXIT_STOPPED
+
+
+def load_failure(error: Exception) -> str:
+    """One line on why a file could not be loaded, for a UserError's problem.
+
+    torch's weights-only unpickler explains a refused global in a paragraph that ends by advising
+    to allow-list it; only the global is kept: a file that names one is refused, never allowed.
+    """
+    refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if refused:
+        return f"it refers to {refused.group(1)}; refusing to run code from it"
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__

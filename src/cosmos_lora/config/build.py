@@ -8,7 +8,7 @@ sense for training is `train.checks`' job, before anything is launched.
 from pathlib import Path
 
 from cosmos_lora.config.experiment import apply_overrides, load_preset, resolved
-from cosmos_lora.config.lazy import LazyDict
+from cosmos_lora.config.lazy import LazyDict, check_targets
 from cosmos_lora.config.run_name import run_name
 from cosmos_lora.data.latents import LATENTS_DIR, latent_cache_dir
 from cosmos_lora.data.layout import DatasetLayout
@@ -44,6 +44,7 @@ def build_experiment(
     if config.trainer.epochs:
         config.trainer.max_iter = _steps_for_epochs(config, launch.world_size)
     config = resolved(config)
+    check_targets(config)  # whatever the preset or an override named: refused before the run folder is written
     config.job.run_dir = str(Path(config.job.runs_dir) / (config.job.name or saved_run or _derived_name(config)))
     return config
 

@@ -1,9 +1,10 @@
 """Building an experiment: preset + CLI options + `key=value` overrides -> one resolved tree.
 
 Presets are Python files in the project's `configs/` folder (or COSMOS_LORA_CONFIGS) that define
-`config`, a LazyDict. The package reaches them as `cosmos_lora/presets` (a link to `configs/` in
-the source tree, a copy in an installed wheel), so an installed package finds them too. The saved `config.yaml` of a run is itself a valid `--config` input, so a
-run can always be repeated from its folder.
+`config`, a LazyDict: code, run when loaded. The package reaches them as `cosmos_lora/presets` (a link
+to `configs/` in the source tree, a copy in an installed wheel), so an installed package finds them too.
+The saved `config.yaml` of a run is itself a valid `--config` input, so a run can always be repeated
+from its folder; it is data, and may only name the callables `lazy.allowed_targets()` lists.
 """
 
 import importlib.util
@@ -13,7 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from cosmos_lora.config.lazy import LazyDict
+from cosmos_lora.config.lazy import LazyDict, check_targets
 from cosmos_lora.errors import UserError
 from cosmos_lora.files import publishing
 
@@ -38,8 +39,10 @@ def load_preset(name_or_path: str | Path) -> LazyDict:
             f"No config {name_or_path!r} (looked for {path}).",
             f"use one of the presets {preset_names()} or the path of a run's config.yaml.",
         )
-    if path.suffix in (".yaml", ".yml"):
-        return OmegaConf.load(path)
+    if path.suffix in (".yaml", ".yml"):  # data, from anywhere: it may only name allowed callables
+        config = OmegaConf.load(path)
+        check_targets(config, where=str(path))
+        return config
     spec = importlib.util.spec_from_file_location(f"cosmos_lora_preset_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

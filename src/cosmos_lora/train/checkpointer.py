@@ -2,8 +2,8 @@
 
     <run>/adapters/step_000100.safetensors       LoRA tensors (+ spec, step, base fingerprint in metadata)
     <run>/adapters/step_000100.ema.safetensors   the EMA of the same
-    <run>/state/step_000100/train_state.pt       optimizer, scheduler, EMA, LoRA, step, data position
-    <run>/state/step_000100/rng_rank{r}.pt       every rank's RNG streams
+    <run>/state/step_000100/train_state.{json,safetensors}   optimizer, scheduler, EMA, LoRA, step, data position
+    <run>/state/step_000100/rng_rank{r}.{json,safetensors}   every rank's RNG streams
     <run>/latest.json                            the newest complete save
 
 A save is written into a hidden folder and renamed when every rank has finished, and
@@ -12,10 +12,10 @@ save that fails (a full disk) removes its hidden folder and stops with one line.
 Adapters are kept at every save (a few MB); only the last `keep_states` states are kept.
 A resume takes latest.json's save; where latest.json or that save's files cannot be read, the
 newest readable save before it, saying so.
+States are JSON and safetensors (see `state_files`): resuming a run folder from elsewhere runs no code.
 """
 
 import hashlib
-import io
 import json
 import shutil
 import sys
@@ -29,6 +29,7 @@ from cosmos_lora.errors import UserError
 from cosmos_lora.files import atomic_write, remove_quietly
 from cosmos_lora.model.lora import LoraSpec, save_adapter
 from cosmos_lora.run_folder import RunFolder, step_name
+from cosmos_lora.train.state_files import load_state, save_state
 
 
 def base_fingerprint(path: Path, sample_bytes: int = 1 << 24) -> str:
@@ -40,14 +41,6 @@ def base_fingerprint(path: Path, sample_bytes: int = 1 << 24) -> str:
         f.seek(max(0, size - sample_bytes))
         digest.update(f.read(sample_bytes))
     return digest.hexdigest()[:16]
-
-
-def _write_torch(obj: object, path: Path) -> None:
-    """torch.save through Python's file writes: a full disk raises OSError (torch's own writer raises a
-    RuntimeError that does not say why)."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    path.write_bytes(buffer.getbuffer())
 
 
 def _barrier(dist_info: Distributed) -> None:
@@ -75,9 +68,9 @@ class Checkpointer:
 
     def _save(self, tmp: Path, step: int, lora: dict, ema: dict | None, train_state: dict, rng_state: dict) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
-        _write_torch(rng_state, tmp / f"rng_rank{self.dist.rank}.pt")
+        save_state(tmp, f"rng_rank{self.dist.rank}", rng_state)
         if self.dist.is_main:
-            _write_torch(train_state, tmp / "train_state.pt")
+            save_state(tmp, "train_state", train_state)
             raw_path, ema_path = self.run.adapter(step), self.run.adapter(step, ema=True)
             save_adapter(raw_path, lora, self.spec, {**self.metadata, "step": step, "ema": False})
             if ema is not None:
@@ -124,17 +117,16 @@ class Checkpointer:
                        + (f", step {steps[0]}." if steps else "."))
         else:
             steps = [latest["step"]] + [step for step in steps if step < latest["step"]]
-        tried = "there is none"
+        tried = "none (state/ is empty)."
         for index, step in enumerate(steps):
             loaded, problem = self._read_state(step)
             if self._everyone(loaded is not None):
                 return self._same_world_size(loaded)
-            tried = f"{run.state(step)}: {problem}"
+            tried = problem
             if index + 1 < len(steps):
-                self._note(f"{run.state(step)} cannot be read ({problem}); resuming from step {steps[index + 1]}, "
-                           "the save before it.")
+                self._note(f"{problem} Resuming from step {steps[index + 1]}, the save before it.")
         raise UserError(
-            f"Cannot resume {run.path}: no save in {run.states_dir} can be read (the last one tried, {tried}).",
+            f"Cannot resume {run.path}: no save in {run.states_dir} can be read. The last one tried: {tried}",
             "start a new run with --name NEW; the adapters saved so far stay usable.",
         )
 
@@ -142,11 +134,9 @@ class Checkpointer:
         """((train state, this rank's RNG state), '') or (None, what is wrong with the save's files)."""
         folder = self.run.state(step)
         try:
-            train_state = torch.load(folder / "train_state.pt", map_location="cpu", weights_only=False)
-            rng_state = torch.load(folder / f"rng_rank{self.dist.rank}.pt", map_location="cpu", weights_only=False)
-        except Exception as error:  # noqa: BLE001 - a missing, truncated or overwritten file: try the save before
-            return None, " ".join(f"{type(error).__name__}: {error}".split())[:200]
-        return (train_state, rng_state), ""
+            return (load_state(folder, "train_state"), load_state(folder, f"rng_rank{self.dist.rank}")), ""
+        except UserError as error:  # a missing, truncated or overwritten file: the caller tries the save before
+            return None, error.problem
 
     def _same_world_size(self, loaded: tuple[dict, dict]) -> tuple[dict, dict]:
         """A save found without latest.json is checked against its own record of the process count."""
