@@ -319,6 +319,11 @@ class _Stopped(BaseException):
 
 
 def _stop(signum, frame):
+    # The first stop unwinds; later ones are ignored. A worker gets each stop twice (from the CLI, which
+    # signals torchrun's whole process group, and from torchrun, which forwards it), and a second
+    # _Stopped raised while the first unwinds would end the worker with a traceback.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     raise _Stopped(signum)
 
 
@@ -326,17 +331,18 @@ def run_worker(work: Callable[[Distributed], object], process_group: bool = True
     """One worker's life: process group up, `work`, process group down.
 
     A user error is reported to the launcher (`report_error`) and gives exit code 1; SIGTERM/SIGINT
-    stop the work quietly with EXIT_STOPPED; anything else is a bug and keeps its traceback.
+    stop the work quietly with EXIT_STOPPED (also while the process group forms); anything else is a
+    bug and keeps its traceback.
     """
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    dist_info = init_distributed(process_group)
     try:
+        dist_info = init_distributed(process_group)
         work(dist_info)
         if dist.is_initialized():
             dist.barrier()  # leave together: a gloo peer that tears down first can abort the others
         return 0
     except UserError as error:
-        report_error(dist_info.rank, error)
+        report_error(int(os.environ.get("RANK", 0)), error)
         return 1
     except _Stopped:
         return EXIT_STOPPED

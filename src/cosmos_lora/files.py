@@ -10,8 +10,10 @@ ComfyUI service must be able to read an adapter when the umask lets them.
 """
 
 import contextlib
+import errno
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,3 +102,24 @@ def atomic_write(path: Path, data: str | bytes, encoding: str = "utf-8") -> Path
         else:
             tmp.write_text(data, encoding=encoding)
     return Path(path)
+
+
+def require_writable(folder: Path, what: str) -> None:
+    """One line unless files can be created in `folder` (or, before it exists, in the nearest folder
+    above it): a read-only mount, missing permissions. A probe file, not os.access: root passes
+    os.access on a read-only mount."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.is_dir())
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".cosmos-lora-probe"):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"Cannot write {what} in {folder}: {existing} is {_why(error)}.",
+            "choose a writable folder (--outputs-dir or COSMOS_LORA_OUTPUTS), or make this one writable.",
+        ) from None
+
+
+def _why(error: OSError) -> str:
+    return {errno.EROFS: "on a read-only file system", errno.EACCES: "not writable for this user",
+            errno.ENOSPC: "on a full disk"}.get(error.errno, f"not writable ({error.strerror or error})")

@@ -119,8 +119,22 @@ class RunFolder:
 
     # -- what the trainer reports -----------------------------------------------------------------
 
+    def saved_steps(self) -> list[int]:
+        """Steps of the saves in state/, newest first. A save's folder gets its name only once every rank
+        has written it, so each is complete (though a disk error may since have damaged a file)."""
+        steps = [p.name[len("step_"):] for p in self.states_dir.glob("step_*") if p.is_dir()]
+        return sorted((int(step) for step in steps if step.isdigit()), reverse=True)
+
     def read_latest(self) -> dict | None:
-        return json.loads(self.latest_file.read_text()) if self.latest_file.is_file() else None
+        """latest.json; None where there is none, or where it is damaged (`latest_damaged` tells which)."""
+        try:
+            latest = json.loads(self.latest_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return latest if isinstance(latest, dict) and isinstance(latest.get("step"), int) else None
+
+    def latest_damaged(self) -> bool:
+        return self.latest_file.exists() and self.read_latest() is None
 
     def read_status(self) -> dict | None:
         return json.loads(self.status_file.read_text()) if self.status_file.is_file() else None

@@ -273,7 +273,7 @@ def _loaded_groups(pool: ThreadPoolExecutor, clips: list[str], load: Callable, b
 def check_embed_job(job: EmbedJob) -> None:
     """What can be wrong before any process starts. (The T5 folder is checked when it is loaded: a
     dataset whose captions are all embedded does not need it.)"""
-    from cosmos_lora.model.tokenizer import TOKENIZER_FILES
+    from cosmos_lora.model.tokenizer import check_tokenizer_folder
 
     _all_clips(DatasetLayout(Path(job.root)))
     if job.batch_size < 1 or (job.latents and job.latents.batch_size < 1):
@@ -281,10 +281,7 @@ def check_embed_job(job: EmbedJob) -> None:
     s = job.latents
     if s is None:
         return
-    missing = [name for name in TOKENIZER_FILES if not (Path(s.tokenizer_dir) / name).is_file()]
-    if missing:
-        raise UserError(f"The tokenizer folder {s.tokenizer_dir} lacks {', '.join(missing)}.",
-                        "run `cosmos-lora download`, or pass --tokenizer with a Cosmos tokenizer folder.")
+    check_tokenizer_folder(Path(s.tokenizer_dir), "run `cosmos-lora download`, or pass --tokenizer with a Cosmos tokenizer folder.")
     if s.height % 16 or s.width % 16 or s.height <= 0 or s.width <= 0 or s.num_frames < 1 or (s.num_frames - 1) % 8:
         raise UserError(f"Latent size {s.num_frames}x{s.height}x{s.width} (frames x H x W) is not 1+8k frames of "
                         "multiples of 16.", "use the training size, e.g. --frames 121 --resolution 704 1280.")

@@ -31,7 +31,7 @@ from cosmos_lora.model.dit import DiTSize, size_from_state_dict
 from cosmos_lora.model.generation import VideoSettings, generate_video
 from cosmos_lora.model.network import BlockSettings, build_network
 from cosmos_lora.model.text_encoder import embed_texts
-from cosmos_lora.model.tokenizer import TOKENIZER_FILES, VideoTokenizer, latent_frames
+from cosmos_lora.model.tokenizer import VideoTokenizer, check_tokenizer_folder, latent_frames
 from cosmos_lora.model.parallel import VideoGroups, cfg_split, parallelize
 from cosmos_lora.progress import progress_bar
 
@@ -128,9 +128,7 @@ def check_model(settings: InferSettings, adapter: Adapter | None) -> DiTSize:
             f"generates (at most {1 + 8 * (t - 1)} frames of {8 * h}x{8 * w}).",
             "lower --frames or --resolution.",
         )
-    missing = [name for name in TOKENIZER_FILES if not (settings.tokenizer / name).is_file()]
-    if missing:
-        raise UserError(f"The tokenizer folder {settings.tokenizer} lacks {', '.join(missing)}.", "run `cosmos-lora download`.")
+    check_tokenizer_folder(settings.tokenizer)
     t5_config = settings.text_encoder / "config.json"
     if not t5_config.is_file():
         raise UserError(f"No T5 text encoder at {settings.text_encoder} (config.json missing).", "run `cosmos-lora download`.")
@@ -329,6 +327,8 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
                 if generator.writes:
                     written.append(_write_stage(settings, job, stage, outputs[stage], latents, timings))
                 progress.advance(videos_task)
+                if generator.writes:
+                    progress.note(f"video {len(written)}/{len(todo) * len(stages)} ({timings['seconds']:.0f} s): {written[-1]}")
             if len(stages) == 2 and len(outputs) == 2 and generator.writes:
                 frames = side_by_side([outputs[s] for s in stages], [STAGE_LABELS[s] for s in stages])
                 write_video(compare_path(settings.out_dir, job), frames, settings.fps)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from cosmos_lora.distributed import Distributed, run_worker
 from cosmos_lora.errors import UserError
-from cosmos_lora.files import atomic_write
+from cosmos_lora.files import atomic_write, require_writable
 from cosmos_lora.infer.pipeline import RERUN_MAY_CHANGE, InferSettings, finish, job_done, run_jobs
 from cosmos_lora.infer.prompts import Job, Prompt, plan_jobs, shard
 from cosmos_lora.model.parallel import make_groups, video_layout
@@ -24,6 +24,7 @@ PLAN = "plan.json"
 def save_plan(settings: InferSettings, prompts: list[Prompt], num_videos: int, seed: int) -> Path:
     """Writes `<out>/plan.json`. Refuses to remake an existing folder's videos with other settings (each
     would be replaced as its sidecar no longer matches: `job_done`) unless `overwrite` asks for it."""
+    require_writable(settings.out_dir, "the videos")
     path = settings.out_dir / PLAN
     if path.is_file() and not settings.overwrite:
         _check_same_settings(json.loads(path.read_text())["settings"], settings.to_json(), settings.out_dir)

@@ -8,6 +8,7 @@ Videos are processed in chunks of 121 frames (16 latent frames). The official mo
 `encode`'s output by sigma_data = 0.5 and divides by it before `decode`; so does our pipeline.
 """
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -18,6 +19,24 @@ LATENT_CHANNELS = 16
 TEMPORAL_COMPRESSION = 8
 SPATIAL_COMPRESSION = 8
 TOKENIZER_FILES = ("encoder.jit", "decoder.jit", "mean_std.pt", "image_mean_std.pt")
+
+
+DOWNLOAD_AGAIN = "run `cosmos-lora download` (it fetches Cosmos-Tokenize1-CV8x8x8-720p again, whole)."
+
+
+def check_tokenizer_folder(folder: Path, fix: str = DOWNLOAD_AGAIN) -> None:
+    """Every file there, and the TorchScript ones whole archives (an interrupted copy or download leaves
+    an empty or cut file): one line naming the file, before anything loads. Reads only the archives' index."""
+    folder = Path(folder)
+    missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"The tokenizer folder {folder} lacks {', '.join(missing)}.", fix)
+    for name in ("encoder.jit", "decoder.jit"):
+        path = folder / name
+        if path.stat().st_size == 0:
+            raise UserError(f"{path} is empty.", fix)
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"{path} is damaged (not a whole TorchScript archive).", fix)
 
 
 def latent_frames(frames: int) -> int:
@@ -33,12 +52,7 @@ class VideoTokenizer:
         pixel_chunk_duration: int = 121,
     ):
         folder = Path(folder)
-        missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
-        if missing:
-            raise UserError(
-                f"The tokenizer folder {folder} lacks {', '.join(missing)}.",
-                "run `cosmos-lora download` (it fetches Cosmos-Tokenize1-CV8x8x8-720p).",
-            )
+        check_tokenizer_folder(folder)
         self.device, self.dtype = torch.device(device), dtype
         self.pixel_chunk = pixel_chunk_duration
         self.latent_chunk = latent_frames(pixel_chunk_duration)
@@ -60,7 +74,10 @@ class VideoTokenizer:
         return self
 
     def _load_jit(self, path: Path) -> torch.jit.ScriptModule:
-        module = torch.jit.load(str(path), map_location=self.device)
+        try:
+            module = torch.jit.load(str(path), map_location=self.device)
+        except RuntimeError as error:  # damaged inside a whole archive
+            raise UserError(f"{path} cannot be loaded ({str(error).splitlines()[0][:200]}).", DOWNLOAD_AGAIN) from None
         module.eval()
         for param in module.parameters():
             param.requires_grad_(False)

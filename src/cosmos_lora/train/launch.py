@@ -15,7 +15,7 @@ from cosmos_lora.config import LazyDict, load_preset, save_config
 from cosmos_lora.config.experiment import changed_keys
 from cosmos_lora.distributed import ExternalLaunch, Launch, Outcome, launch, launched_by_torchrun, torchrun_command
 from cosmos_lora.errors import Stopped, UserError
-from cosmos_lora.files import atomic_write
+from cosmos_lora.files import atomic_write, require_writable
 from cosmos_lora.run_folder import RunFolder
 from cosmos_lora.train.checks import check_inputs
 
@@ -111,6 +111,7 @@ def prepare(config: LazyDict, resume: bool, launched: ExternalLaunch | None) -> 
     if launched is not None and not launched.is_main:
         return wait_for_run_dir(config, launched)
     try:
+        require_writable(Path(config.job.run_dir), "the run")
         check_inputs(config)
         run_dir = prepare_run_dir(config, resume)
     except UserError as error:

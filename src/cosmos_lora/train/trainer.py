@@ -104,7 +104,7 @@ class Trainer:
         self.run_dir = Path(config.job.run_dir)
         self.dtype = PRECISIONS[config.model.precision]
         seed = config.job.seed
-        self.stop_requested = False
+        self.stop_requested, self.started = False, False
         self._install_signal_handlers()  # first: a signal while loading still ends in a clean save
 
         # data: every rank reads its own shard, in an order fixed by the seed
@@ -168,6 +168,7 @@ class Trainer:
 
     def train(self) -> str:
         """Runs to max_iter; returns 'finished' or 'interrupted' (after saving)."""
+        self.started = True  # from here on a failure is this launch's outcome (status.json)
         write_status(self.run_dir, "running", self.step, self.dist)
         self._start_data()
         max_iter, save_every = self.config.trainer.max_iter, self.config.checkpoint.save_every
