@@ -7,7 +7,12 @@ exception is a bug and keeps its traceback.
 `Stopped` is the outcome of Ctrl-C or SIGTERM: the work saved what it had and the same command
 continues it. Every command exits EXIT_STOPPED for it, so a script (or a Slurm requeue) can tell
 "rerun me" from "fix something first".
+
+`Problems` gathers the UserErrors of independent checks, so one command names every mistake at once.
 """
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 EXIT_ERROR = 1
 EXIT_STOPPED = 3  # stopped by Ctrl-C or SIGTERM; rerun (the printed command) to continue
@@ -26,3 +31,34 @@ class Stopped(UserError):
     """Ctrl-C or SIGTERM stopped the work after it kept what it had finished; `fix` says how to go on."""
 
     exit_code = EXIT_STOPPED
+
+
+class Problems:
+    """The UserErrors a series of independent checks found; `raise_any` reports them as one."""
+
+    def __init__(self) -> None:
+        self.errors: list[UserError] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.errors)
+
+    def add(self, problem: str, fix: str | None = None) -> None:
+        self.errors.append(UserError(problem, fix))
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        """Runs one check: its UserError is kept and the next check runs (a stop still stops)."""
+        try:
+            yield
+        except Stopped:
+            raise
+        except UserError as error:
+            self.errors.append(error)
+
+    def raise_any(self) -> None:
+        """One problem as it is; several as one message, one problem (with its fix) per line."""
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            listed = "\n".join(f"  - {error}" for error in self.errors)
+            raise UserError(f"{len(self.errors)} problems; fix each, then run the command again:\n{listed}")
