@@ -41,7 +41,7 @@ def posttrain(experiment: LazyDict, shape: Launch, resume: bool = False, launche
     posttrain command in the same launch shape), or `UserError` with the reason. The other tasks
     return quietly with no message: task 0 reports for all (an error only their rank saw is printed).
     """
-    run = RunFolder(prepare(experiment, shape, resume, launched, problems))
+    run = RunFolder(prepare(experiment, resume, launched, shape, problems))
     reporting = launched is None or launched.is_main
     if reporting:
         announce(f"Run folder: {run.path}")
@@ -93,10 +93,12 @@ def describe_command(run: RunFolder, shape: Launch) -> str:
 # -- the run folder, and the tasks of an srun/torchrun launch ----------------------------------------
 
 
-def prepare(config: LazyDict, shape: Launch, resume: bool, launched: ExternalLaunch | None,
+def prepare(config: LazyDict, resume: bool, launched: ExternalLaunch | None, shape: Launch | None = None,
             problems: Problems | None = None) -> Path:
     """Checks the inputs and writes the run folder. Under srun or torchrun only task 0 does; it then
-    leaves a note for this launch beside the run folder, and the other tasks wait for that note."""
+    leaves a note for this launch beside the run folder, and the other tasks wait for that note.
+
+    `shape`: the launch, whose process count a resume must match; `problems`: those found earlier."""
     if launched is not None and not launched.is_main:
         if problems:  # every task built the same experiment: each reports what it found
             problems.raise_any()
