@@ -43,7 +43,6 @@ def error_lines(result) -> list[str]:
     (["--target", "q"], "--target"),
     (["--first-blocks", "0"], "--first-blocks"),
     (["--first-blocks", "99"], "--first-blocks"),  # the tiny DiT has 2 blocks
-    (["--validate-every", "-1"], "--validate-every"),
     (["--max-iter", "0"], "--max-iter"),  # issue 14: "Finished 0 steps", exit 0, no adapter
     (["--max-iter", "-5"], "--max-iter"),
     (["--epochs", "-1"], "--epochs"),
