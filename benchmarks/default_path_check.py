@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world_7b.py")), "--root", str(args.root), "--clips", "4"],
+    subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world.py")), "--root", str(args.root), "--clips", "4"],
                    check=True)
     report = {"gpu": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count(), "date": time.strftime("%Y-%m-%d")}
     report["posttrain_seconds"] = cli(args.root, "posttrain", "--dataset", "bench/clips", "--name", "check", "--nproc", "1",

@@ -1,6 +1,6 @@
 """`cosmos-lora infer` on the 7B architecture: one 121x704x1280 video, 35 steps, CFG 7, one GPU.
 
-Builds the fake 7B world (`fake_world_7b.py`), runs the real CLI end to end (T5 stand-in, DiT
+Builds the fake 7B world (`fake_world.py`), runs the real CLI end to end (T5 stand-in, DiT
 sampling, tokenizer stand-in decode, mp4 writing) and reports the video's sidecar timings: total
 seconds, sampling seconds per CFG step (one batch-2 forward), decode seconds, peak GPU memory.
 
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     name = "bench_fp8" if args.fp8 else "bench"
-    subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world_7b.py")), "--root", str(args.root), "--clips", "1"],
+    subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world.py")), "--root", str(args.root), "--clips", "1"],
                    check=True)
     env = os.environ | {"COSMOS_LORA_CHECKPOINTS": str(args.root / "checkpoints"), "COSMOS_LORA_OUTPUTS": str(args.root / "outputs")}
     command = ["cosmos-lora", "infer", "--prompt", PROMPT, "--stages", "original", "--steps", str(args.steps), "--name", name]

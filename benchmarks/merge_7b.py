@@ -1,6 +1,6 @@
 """Time and host memory of `cosmos-lora merge` on a 7B-size checkpoint (issue 7).
 
-Writes a random official 7B `model.pt` (bf16, 14.5 GB, as `fake_world_7b.write_random_dit`) and a random
+Writes a random official 7B `model.pt` (bf16, 14.5 GB, as `fake_world.write_random_dit`) and a random
 rank-16 adapter on all 28 blocks (FA+CA q/v), then runs each merge in a fresh process and records wall
 time, peak RSS (VmHWM, reset just before the merge through /proc/self/clear_refs) and anonymous memory:
 
@@ -30,7 +30,7 @@ from cosmos_lora.model.checkpoint import diffusers_to_official
 from cosmos_lora.model.lora import save_adapter, spec_for
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_world_7b import write_random_dit  # noqa: E402
+from fake_world import write_random_dit  # noqa: E402
 
 MEASURE = """
 import re, sys, time, torch

@@ -5,7 +5,7 @@
     infer      `--stages both` for P prompts x 1 seed on N GPUs vs 1 prompt on 1 GPU: videos/hour
 
 Each phase fits one device call (`--phase world`, `posttrain-1`, `posttrain-n`, `infer-1`,
-`infer-n`); the fake world (`fake_world_7b.py`) is built when missing. `multi_gpu_session.sh` runs
+`infer-n`); the fake world (`fake_world.py`) is built when missing. `multi_gpu_session.sh` runs
 them all in one go. `--world tiny` runs the same on the tiny model and CPU processes, to check the
 scripts themselves.
 
@@ -61,7 +61,7 @@ def make_world(root: Path, world: str) -> list[str]:
         embed_dataset(dataset, root / "checkpoints" / TINY_T5, torch.device("cpu"), torch.float32)
         (root / "READY").touch()
     else:
-        subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world_7b.py")), "--root", str(root), "--clips", "16"],
+        subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world.py")), "--root", str(root), "--clips", "16"],
                        check=True)
     return model
 

@@ -2,7 +2,7 @@
 # Issues 8 and 9 on one multi-GPU host, every phase in one go (about 25 minutes on 4 GPUs at 7B size,
 # longer than one device call: start it detached and collect $RESULTS later).
 #
-#   1. the fake 7B world (benchmarks/fake_world_7b.py)
+#   1. the fake 7B world (benchmarks/fake_world.py)
 #   2. side by side: posttrain on 1 GPU (the DDP baseline) | dit_speed's training-step profile
 #   3. posttrain on all N GPUs, --grad-accum 2, a save, SIGTERM, --resume to the end
 #   4. the same load per GPU (one prompt, --stages both, 35 steps): side by side, infer on N-1 GPUs

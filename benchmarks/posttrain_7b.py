@@ -1,6 +1,6 @@
 """`cosmos-lora posttrain` on the 7B architecture at 121x704x1280 over N GPUs: steps, a save, a resume.
 
-Builds the fake 7B world (`fake_world_7b.py`: random official-format weights, real size), trains
+Builds the fake 7B world (`fake_world.py`: random official-format weights, real size), trains
 `--max-iter A` steps, then resumes the same run to `B` steps, and reports s/step, samples/s and
 peak GPU memory from the run's metrics.csv.
 
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world_7b.py")), "--root", str(args.root),
+    subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world.py")), "--root", str(args.root),
                     "--clips", str(args.clips)], check=True)
     common = ["--dataset", "bench/clips", "--name", f"bench_{args.nproc}gpu", "--nproc", str(args.nproc),
               "--grad-accum", str(args.grad_accum), "--save-every", str(args.first)]

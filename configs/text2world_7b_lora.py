@@ -34,6 +34,7 @@ config = lazy_dict(
         sigma_p_std=1.0,
         activation_checkpointing=1.0,  # fraction of blocks recomputed in backward (1 = all, 0 = none)
         recompute_attention=False,  # False: recomputed blocks keep their self-attention output (faster, +0.46 GB/block)
+        keep_attention_blocks=None,  # N: only the first N recomputed blocks keep it (None = all; see the 14B preset)
         attention_backend="cudnn",  # cudnn: fused cuDNN attention on GPUs (fastest on Hopper); default: torch's choice
         compile=True,  # regional torch.compile of the DiT blocks on GPUs (fuses the element-wise work)
         fp8=False,  # FP8 matmuls for the frozen attention/MLP linears (Hopper/Ada GPUs; changes numerics slightly)

@@ -38,6 +38,7 @@ from cosmos_lora.model.tiny import TINY_DIT, TINY_TOKENIZER
 from cosmos_lora.model.tokenizer import VideoTokenizer
 from cosmos_lora.errors import EXIT_STOPPED
 from cosmos_lora.paths import Roots
+from cosmos_lora.train.state_files import load_state
 
 DATASET = "demo/shapes"
 STEPS = 30
@@ -81,7 +82,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def train_state(run_dir: Path) -> dict:
-    return torch.load(run_dir / read_json(run_dir / "latest.json")["state"] / "train_state.pt", weights_only=False)
+    return load_state(run_dir / read_json(run_dir / "latest.json")["state"], "train_state")
 
 
 def adapters(run_dir: Path, step: int) -> tuple[dict, dict]:
@@ -344,7 +345,8 @@ def test_sigterm_saves_a_resumable_state_and_says_how_to_resume(run_b):
     assert f"Interrupted after step {step}" in run_b.stderr
     assert "Traceback" not in run_b.stderr and "ChildFailedError" not in run_b.stderr  # one line, not the launcher's
     assert f"posttrain --config {run_b.run_dir / 'config.yaml'} --resume" in run_b.stderr
-    assert {"rng_rank0.pt", "rng_rank1.pt", "train_state.pt"} <= set(run_b.state_files)
+    saved = {f"{name}.{ext}" for name in ("rng_rank0", "rng_rank1", "train_state") for ext in ("json", "safetensors")}
+    assert saved <= set(run_b.state_files)
     assert read_json(run_b.run_dir / "status.json")["state"] == "finished"
     assert [int(r["step"]) for r in metrics(run_b.run_dir)] == list(range(1, STEPS + 1))
 

@@ -26,6 +26,7 @@ from cosmos_lora.config.build import build_experiment
 from cosmos_lora.distributed import Launch
 from cosmos_lora.train.checks import check_validation
 from cosmos_lora.train.launch import prepare_run_dir
+from cosmos_lora.train.state_files import load_state
 from cosmos_lora.train.trainer import Trainer
 
 DATASET = "demo/shapes"
@@ -182,8 +183,8 @@ def test_a_run_with_validation_trains_exactly_as_one_without(tiny_world, tmp_pat
         b, _, _ = read_adapter(sampled / "adapters" / f"step_000004.{suffix}")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), suffix
     for rank in (0, 1):  # every RNG stream of every rank goes on as if no sample had been made
-        a = torch.load(plain / "state" / "step_000004" / f"rng_rank{rank}.pt", weights_only=False)
-        b = torch.load(sampled / "state" / "step_000004" / f"rng_rank{rank}.pt", weights_only=False)
+        a = load_state(plain / "state" / "step_000004", f"rng_rank{rank}")
+        b = load_state(sampled / "state" / "step_000004", f"rng_rank{rank}")
         assert torch.equal(a["torch"], b["torch"]) and torch.equal(a["noise"], b["noise"]), rank
     assert losses(plain) == losses(sampled) and len(losses(plain)) == 4
 

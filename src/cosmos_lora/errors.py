@@ -11,6 +11,7 @@ continues it. Every command exits EXIT_STOPPED for it, so a script (or a Slurm r
 `Problems` gathers the UserErrors of independent checks, so one command names every mistake at once.
 """
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,6 +32,19 @@ class Stopped(UserError):
     """Ctrl-C or SIGTERM stopped the work after it kept what it had finished; `fix` says how to go on."""
 
     exit_code = EXIT_STOPPED
+
+
+def load_failure(error: Exception) -> str:
+    """One line on why a file could not be loaded, for a UserError's problem.
+
+    torch's weights-only unpickler explains a refused global in a paragraph that ends by advising
+    to allow-list it; only the global is kept: a file that names one is refused, never allowed.
+    """
+    refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if refused:
+        return f"it refers to {refused.group(1)}; refusing to run code from it"
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 class Problems:

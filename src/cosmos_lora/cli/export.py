@@ -56,8 +56,8 @@ def _export_official(adapter, checkpoints: Path, run, merge: bool, out: Path) ->
     base = BaseCheckpoint.open(base_path)
     _check_same_base(adapter, base_path)
     adapters.check_fits(adapter, base.weight_shapes(), base_path)
-    size = base.size_name() or "7b"
-    if size == "14b" and not merge:
+    size = base.official_model()
+    if size == "14b" and not merge:  # text2world.py's --diffusion_transformer_dir offers a LoRA folder for 7B only
         raise UserError("The official code has LoRA inference for the 7B model only.", "add --merge: a merged 14B loads as a post-trained 14B.")
     if merge:
         merge_checkpoint(base, [WeightedLora(adapter.state, adapter.spec)], out)

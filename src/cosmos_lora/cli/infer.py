@@ -5,9 +5,8 @@ from pathlib import Path
 import typer
 
 from cosmos_lora.cli.output import examples, guarded, note, result
+from cosmos_lora.cli.posttrain import MODEL_PRESETS
 from cosmos_lora.errors import UserError
-
-MODEL_PRESETS = {"7b": "text2world_7b_lora", "tiny": "tiny_lora"}
 
 
 def infer(
@@ -28,7 +27,7 @@ def infer(
     fps: float = typer.Option(24.0, help="Frame rate (conditions the model and the mp4)."),
     resolution: tuple[int, int] | None = typer.Option(None, metavar="H W", help="Height and width (default: the run's, else 704 1280)."),
     frames: int = typer.Option(None, help="Frames, 1+8k (default: the run's, else 121)."),
-    model: str = typer.Option(None, help="7b or tiny, when no --run gives the model (default: 7b)."),
+    model: str = typer.Option(None, help="7b, 14b or tiny: the preset's checkpoint when no --run gives it (default: 7b); the size is read from the checkpoint."),
     name: str = typer.Option(None, help="Output folder name under <outputs>/infer (default: the run or LoRA name)."),
     nproc: int = typer.Option(None, help="Processes (one per GPU) (default: visible GPUs, 1 on CPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that exist already."),
@@ -111,5 +110,6 @@ def register(app: typer.Typer) -> None:
         'cosmos-lora infer --run vript-sports_r16_iter1000_bs1_accum4_scale2_lr1e-04_seed0 --prompt "A surfer rides a wave" --stages both',
         "cosmos-lora infer --run <run> --prompts-file prompts.txt --num-videos 4 --step 500 --no-ema",
         "cosmos-lora infer --lora iter_000001000_model.pt --lora-scale 1.5 --prompts-file prompts.jsonl --stages lora",
+        'cosmos-lora infer --model 14b --stages original --prompt "A surfer rides a wave"',
         'cosmos-lora infer --model tiny --stages original --prompt "a red square" --steps 5',
     ))(guarded(infer))

@@ -38,7 +38,7 @@ def merge(
     changed = merge_checkpoint(checkpoint, loras, out)
     note(f"{changed} weight matrices changed, every other tensor copied as it is.")
     note("Run it with the official cosmos-predict1 inference (from its repository root):")
-    for line in lora_formats.official_inference_command(out, "merged", checkpoint.size_name() or "7b"):
+    for line in lora_formats.official_inference_command(out, "merged", checkpoint.official_model()):
         note(f"  {line}")
     result(str(out))
 

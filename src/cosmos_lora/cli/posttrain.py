@@ -10,14 +10,14 @@ import typer
 
 from cosmos_lora.cli.output import examples, guarded, note, result
 
-MODEL_PRESETS = {"7b": "text2world_7b_lora", "tiny": "tiny_lora"}
+MODEL_PRESETS = {"7b": "text2world_7b_lora", "14b": "text2world_14b_lora", "tiny": "tiny_lora"}
 
 
 def posttrain(
     ctx: typer.Context,
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset COLLECTION/DOMAIN inside the datasets root."),
     config: str = typer.Option(None, help="Preset name or config file (.py, or a run's config.yaml)."),
-    model: str = typer.Option("7b", help="7b or tiny: picks the preset when --config is not given."),
+    model: str = typer.Option("7b", help="7b, 14b or tiny: picks the preset when --config is not given."),
     rank: int = typer.Option(None, help="LoRA rank (preset: 8)."),
     scale: float = typer.Option(None, help="LoRA multiplier, official semantics: delta = scale * up(down(x)) (preset: 1)."),
     alpha: float = typer.Option(None, help="Alternative to --scale in peft terms: scale = alpha / rank."),
@@ -105,6 +105,7 @@ def register(app: typer.Typer) -> None:
             "cosmos-lora posttrain --dataset vript/sports --rank 16 --scale 2 --lr 1e-4 --grad-accum 4 --epochs 3",
             "cosmos-lora posttrain --dataset vript/sports --dry-run -- trainer.max_iter=200 model.activation_checkpointing=0.5",
             "cosmos-lora posttrain --config outputs/runs/<run>/config.yaml --resume",
+            "cosmos-lora posttrain --model 14b --dataset vript/sports --grad-accum 4 --dry-run",
             "cosmos-lora posttrain --model tiny --dataset demo/shapes --nproc 2",
             "cosmos-lora posttrain --dataset vript/sports --validate-every 200 --validation-prompts prompts.txt",
             "srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 cosmos-lora posttrain --dataset vript/sports",

@@ -1,4 +1,7 @@
 from cosmos_lora.config.experiment import apply_overrides, load_preset, resolved, save_config
-from cosmos_lora.config.lazy import L, LazyDict, instantiate, lazy_dict
+from cosmos_lora.config.lazy import L, LazyDict, check_targets, instantiate, lazy_dict
 
-__all__ = ["L", "LazyDict", "apply_overrides", "instantiate", "lazy_dict", "load_preset", "resolved", "save_config"]
+__all__ = [
+    "L", "LazyDict", "apply_overrides", "check_targets", "instantiate", "lazy_dict", "load_preset", "resolved",
+    "save_config",
+]

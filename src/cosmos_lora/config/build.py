@@ -8,7 +8,7 @@ sense for training is `train.checks`' job, before anything is launched.
 from pathlib import Path
 
 from cosmos_lora.config.experiment import apply_overrides, load_preset, resolved
-from cosmos_lora.config.lazy import LazyDict
+from cosmos_lora.config.lazy import LazyDict, check_targets
 from cosmos_lora.config.run_name import run_name
 from cosmos_lora.config.settings import check_settings, is_count, is_positive
 from cosmos_lora.data.latents import LATENTS_DIR, latent_cache_dir
@@ -56,6 +56,8 @@ def build_experiment(
         with found.check():
             config.trainer.max_iter = _steps_for_epochs(config, launch.world_size)
     config = resolved(config)
+    with found.check():  # whatever the preset or an override named: refused before the run folder is written
+        check_targets(config)
     found.errors.extend(check_settings(config))
     if len(found.errors) == before:  # a name derived from valid settings, inside the runs folder
         config.job.run_dir = str(Path(config.job.runs_dir) / (config.job.name or saved_run or _derived_name(config)))

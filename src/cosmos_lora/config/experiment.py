@@ -1,9 +1,10 @@
 """Building an experiment: preset + CLI options + `key=value` overrides -> one resolved tree.
 
 Presets are Python files in the project's `configs/` folder (or COSMOS_LORA_CONFIGS) that define
-`config`, a LazyDict. The package reaches them as `cosmos_lora/presets` (a link to `configs/` in
-the source tree, a copy in an installed wheel), so an installed package finds them too. The saved `config.yaml` of a run is itself a valid `--config` input, so a
-run can always be repeated from its folder.
+`config`, a LazyDict: code, run when loaded. The package reaches them as `cosmos_lora/presets` (a link
+to `configs/` in the source tree, a copy in an installed wheel), so an installed package finds them too.
+The saved `config.yaml` of a run is itself a valid `--config` input, so a run can always be repeated
+from its folder; it is data, and may only name the callables `lazy.allowed_targets()` lists.
 """
 
 import importlib.util
@@ -14,7 +15,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from cosmos_lora.config.lazy import LazyDict
+from cosmos_lora.config.lazy import LazyDict, check_targets
 from cosmos_lora.errors import Problems, UserError
 from cosmos_lora.files import publishing
 
@@ -40,7 +41,11 @@ def load_preset(name_or_path: str | Path) -> LazyDict:
             f"No config {name_or_path!r} (looked for {path}).",
             f"use one of the presets {preset_names()} or the path of a run's config.yaml.",
         )
-    config = _read_yaml(path) if path.suffix in (".yaml", ".yml") else _run_preset(path)
+    if path.suffix in (".yaml", ".yml"):  # data, from anywhere: it may only name allowed callables
+        config = _read_yaml(path)
+        check_targets(config, where=str(path))
+    else:
+        config = _run_preset(path)
     missing = [section for section in SECTIONS if section not in config]
     if missing:
         raise UserError(f"{path} is not an experiment config: it has no {', '.join(missing)} section.",

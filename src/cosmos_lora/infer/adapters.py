@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from cosmos_lora.errors import UserError
+from cosmos_lora.errors import UserError, load_failure
 from cosmos_lora.model import lora_formats
 from cosmos_lora.model.lora import FORMAT, LoraSpec, adapter_summary, from_official, read_adapter
 from cosmos_lora.run_folder import RunFolder
@@ -75,7 +75,8 @@ def from_file(path: Path, scale: float | None = None) -> Adapter:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as error:  # a truncated download, or not a PyTorch checkpoint
-            raise UserError(f"{path} is not a readable PyTorch checkpoint ({error}).", "download or export it again.") from None
+            raise UserError(f"{path} is not a readable PyTorch checkpoint ({load_failure(error)}).",
+                            "download or export it again.") from None
         if not isinstance(checkpoint, dict):
             raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a state dict.", "pass an official cosmos-predict1 checkpoint.")
         # the official LoRA example trains with scale 1; `--lora-scale` sets another

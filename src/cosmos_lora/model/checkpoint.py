@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from cosmos_lora.errors import UserError
+from cosmos_lora.errors import UserError, load_failure
 from cosmos_lora.model.dit import CosmosDiT, build_dit, size_from_state_dict
 from cosmos_lora.model.edm import LogVarHead
 
@@ -90,7 +90,7 @@ def read_official_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # a truncated download or a non-checkpoint file
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({error}).", "download it again.") from error
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({load_failure(error)}).", "download it again.") from None
 
 
 def split_official_state(state: dict[str, torch.Tensor]):

@@ -9,7 +9,7 @@ details are aligned (measured against the official code in `shared/fixtures/cosm
    channel ourselves (any batch size, no torchvision) and hand it in as `condition_mask`.
 3. The official network takes fps as a tensor and uses `fps[:1]`; diffusers takes a number.
 
-Sizes live in `DIT_SIZES`; `tiny` is the same architecture at test scale.
+Sizes live in `DIT_SIZES`; `tiny` and `tiny14b` are the 7B and 14B architectures at test scale.
 """
 
 import functools
@@ -47,7 +47,16 @@ DIT_SIZES: dict[str, DiTSize] = {
         num_attention_heads=2, attention_head_dim=32, num_layers=2, text_embed_dim=32, adaln_lora_dim=16,
         max_size=(16, 32, 32),
     ),
+    # the 14B's differences from the 7B at test scale: more heads of the same width, more blocks,
+    # RoPE extrapolation 2 on every axis (official 14B configs: rope_{h,w,t}_extrapolation_ratio=2)
+    "tiny14b": DiTSize(
+        num_attention_heads=5, attention_head_dim=32, num_layers=3, text_embed_dim=32, adaln_lora_dim=16,
+        max_size=(16, 32, 32), rope_scale=(2.0, 2.0, 2.0),
+    ),
 }
+# The official model each size is (the tiny sizes stand in for one in tests): picks the official
+# inference's folder names and what it can load.
+OFFICIAL_MODEL = {"7b": "7b", "14b": "14b", "tiny": "7b", "tiny14b": "14b"}
 
 
 class CosmosDiT(CosmosTransformer3DModel):
@@ -144,13 +153,18 @@ def configure_blocks(
     keep_self_attention: bool = True,
     compile_blocks: bool = False,
     prefer_cudnn: bool = True,
+    keep_attention_blocks: int | None = None,
 ) -> int:
     """How each block runs: the speed/memory choices of training and inference. Returns the number
     of blocks recomputed in backward.
 
     - `recompute_fraction`: activation checkpointing of the first fraction of the blocks (1 = all).
       With `keep_self_attention` those blocks keep their self-attention output (0.46 GB per block
-      at 121x704x1280) so backward does not pay for attention twice; the rest is recomputed.
+      at 121x704x1280 for 7B, 0.58 GB for 14B) so backward does not pay for attention twice; the
+      rest is recomputed.
+    - `keep_attention_blocks`: only the first N recomputed blocks keep their self-attention output,
+      the others are recomputed whole (None = every recomputed block keeps it). The 14B cannot keep
+      all 36 within 80 GB: this is its memory/speed dial.
     - `compile_blocks`: regional torch.compile of every block (fuses the norm/modulation/RoPE
       element-wise work that is about 30% of an eager step). Only on GPUs.
     - `prefer_cudnn`: cuDNN's fused attention (forward and backward), the fastest on Hopper; torch
@@ -160,7 +174,10 @@ def configure_blocks(
     do not change. Measured effect: benchmarks/RESULTS.md.
     """
     count = round(recompute_fraction * len(net.transformer_blocks))
-    policy = functools.partial(create_selective_checkpoint_contexts, _keep_self_attention) if keep_self_attention else None
+    if keep_attention_blocks is not None and keep_attention_blocks < 0:
+        raise ValueError(f"keep_attention_blocks must be >= 0 or None, not {keep_attention_blocks}")
+    keeping = count if keep_attention_blocks is None else min(count, keep_attention_blocks)
+    policy = functools.partial(create_selective_checkpoint_contexts, _keep_self_attention)
     if compile_blocks:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(net.transformer_blocks))
     for index, block in enumerate(net.transformer_blocks):
@@ -168,7 +185,7 @@ def configure_blocks(
         if prefer_cudnn and not compile_blocks:
             forward = functools.partial(_with_preferred_attention, forward)  # inside: recomputation uses it too
         if index < count:
-            options = {"context_fn": policy} if policy else {}
+            options = {"context_fn": policy} if keep_self_attention and index < keeping else {}
             forward = functools.partial(checkpoint, forward, use_reentrant=False, **options)
         if compile_blocks:
             forward = torch.compile(forward, dynamic=False)

@@ -29,7 +29,7 @@ from cosmos_lora.errors import UserError
 from cosmos_lora.model.checkpoint import (
     LORA_MARKER, diffusers_to_official, read_official_checkpoint, split_official_state, unwrap_container,
 )
-from cosmos_lora.model.dit import DIT_SIZES, size_from_state_dict
+from cosmos_lora.model.dit import DIT_SIZES, OFFICIAL_MODEL, size_from_state_dict
 from cosmos_lora.model.lora import LoraSpec
 from cosmos_lora.files import publishing
 
@@ -86,9 +86,13 @@ class BaseCheckpoint:
         return {k: v.shape for k, v in network.items()}
 
     def size_name(self) -> str | None:
-        """'7b', '14b' or 'tiny' when the architecture is a known size."""
+        """'7b', '14b', 'tiny' or 'tiny14b' when the architecture is a known size."""
         size = size_from_state_dict(self.meta)
         return next((name for name, known in DIT_SIZES.items() if known == size), None)
+
+    def official_model(self) -> str:
+        """'7b' or '14b': the official model this checkpoint is, or stands in for (7b when unknown)."""
+        return OFFICIAL_MODEL.get(self.size_name(), "7b")
 
     def read(self, key: str, f: BinaryIO) -> torch.Tensor:
         """One tensor read from the open file `f` into fresh memory (a mapped page would stay in our RSS)."""

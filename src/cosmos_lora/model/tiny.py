@@ -76,9 +76,10 @@ def write_tiny_tokenizer(folder: Path) -> None:
     torch.save((torch.zeros(LATENT_CHANNELS), torch.full((LATENT_CHANNELS,), 0.5)), folder / "image_mean_std.pt")
 
 
-def write_tiny_dit(path: Path, seed: int = 0) -> None:
+def write_tiny_dit(path: Path, seed: int = 0, size: str = "tiny") -> None:
+    """A random DiT of a test size (`tiny`, or `tiny14b`: the 14B's head count and RoPE) in the official format."""
     torch.manual_seed(seed)
-    net, logvar = build_dit("tiny"), LogVarHead()
+    net, logvar = build_dit(size), LogVarHead()
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(official_state_dict(net, logvar), path)
 

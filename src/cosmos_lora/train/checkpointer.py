@@ -2,13 +2,14 @@
 
     <run>/adapters/step_000100.safetensors       LoRA tensors (+ spec, step, base fingerprint in metadata)
     <run>/adapters/step_000100.ema.safetensors   the EMA of the same
-    <run>/state/step_000100/train_state.pt       optimizer, scheduler, EMA, LoRA, step, data position
-    <run>/state/step_000100/rng_rank{r}.pt       every rank's RNG streams
+    <run>/state/step_000100/train_state.{json,safetensors}   optimizer, scheduler, EMA, LoRA, step, data position
+    <run>/state/step_000100/rng_rank{r}.{json,safetensors}   every rank's RNG streams
     <run>/latest.json                            the newest complete save
 
 A save is written into a hidden folder and renamed when every rank has finished, and
 `latest.json` is replaced atomically after that, so an interrupted save is never picked up.
 Adapters are kept at every save (a few MB); only the last `keep_states` states are kept.
+States are JSON and safetensors (see `state_files`): resuming a run folder from elsewhere runs no code.
 """
 
 import hashlib
@@ -16,13 +17,13 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.files import atomic_write
 from cosmos_lora.model.lora import LoraSpec, save_adapter
 from cosmos_lora.run_folder import RunFolder, step_name
+from cosmos_lora.train.state_files import load_state, save_state
 
 
 def base_fingerprint(path: Path, sample_bytes: int = 1 << 24) -> str:
@@ -50,9 +51,9 @@ class Checkpointer:
     def save(self, step: int, lora: dict, ema: dict | None, train_state: dict, rng_state: dict) -> None:
         tmp = self.states_dir / f".{step_name(step)}.tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        torch.save(rng_state, tmp / f"rng_rank{self.dist.rank}.pt")
+        save_state(tmp, f"rng_rank{self.dist.rank}", rng_state)
         if self.dist.is_main:
-            torch.save(train_state, tmp / "train_state.pt")
+            save_state(tmp, "train_state", train_state)
             raw_path, ema_path = self.run.adapter(step), self.run.adapter(step, ema=True)
             save_adapter(raw_path, lora, self.spec, {**self.metadata, "step": step, "ema": False})
             if ema is not None:
@@ -90,6 +91,4 @@ class Checkpointer:
             return None
         self.run.check_resumable(self.dist.world_size)
         folder = self.run.path / latest["state"]
-        rng_path = folder / f"rng_rank{self.dist.rank}.pt"
-        train_state = torch.load(folder / "train_state.pt", map_location="cpu", weights_only=False)
-        return train_state, torch.load(rng_path, map_location="cpu", weights_only=False)
+        return load_state(folder, "train_state"), load_state(folder, f"rng_rank{self.dist.rank}")

@@ -24,7 +24,7 @@ RESUME_MAY_CHANGE = (
     "checkpoint.save_every", "checkpoint.keep_states", "dataloader_train.num_workers", "dataloader_train.pin_memory",
     "model.activation_checkpointing", "model.checkpoints_dir", "job.runs_dir", "job.run_dir",
     "dataloader_train.dataset.root", "dataloader_train.dataset.latents_dir", "model.latent_cache",
-    "model.recompute_attention", "model.attention_backend", "model.compile",
+    "model.recompute_attention", "model.keep_attention_blocks", "model.attention_backend", "model.compile",
     # validation samples draw nothing from the training's RNG streams (tests/test_validation.py)
     "trainer.validation.prompts", "trainer.validation.seeds", "trainer.validation.steps",
     "trainer.validation.guidance", "trainer.validation.ema",

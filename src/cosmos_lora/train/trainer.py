@@ -145,6 +145,7 @@ class Trainer:
             self.net, config.model.activation_checkpointing, keep_self_attention=not config.model.recompute_attention,
             compile_blocks=config.model.compile and self.device.type == "cuda",
             prefer_cudnn=config.model.attention_backend == "cudnn",
+            keep_attention_blocks=config.model.get("keep_attention_blocks"),  # runs saved before the key: None
         )
         self.params = lora_parameters(self.net)
         self.model = (

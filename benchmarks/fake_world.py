@@ -1,14 +1,16 @@
 """A stand-in for the users' server at full size, for GPU benchmarks without the real weights.
 
-    <root>/checkpoints/Cosmos-Predict1-7B-Text2World/model.pt   random 7B DiT, official flat format, bf16
-    <root>/checkpoints/Cosmos-Tokenize1-CV8x8x8-720p/            TorchScript stand-in, official calling convention
-    <root>/checkpoints/google-t5/t5-11b/                         2-layer T5 encoder with T5-11B's 1024-d output
-    <root>/datasets/bench/clips/                                 synthetic 121-frame 704x1280 clips, embedded
+    <root>/checkpoints/Cosmos-Predict1-7B-Text2World/model.pt    random 7B DiT, official flat format, bf16 (14.5 GB)
+    <root>/checkpoints/Cosmos-Predict1-14B-Text2World/model.pt   the same for the 14B with --size 14b (28.5 GB)
+    <root>/checkpoints/Cosmos-Tokenize1-CV8x8x8-720p/             TorchScript stand-in, official calling convention
+    <root>/checkpoints/google-t5/t5-11b/                          2-layer T5 encoder with T5-11B's 1024-d output
+    <root>/datasets/bench/clips/                                  synthetic 121-frame 704x1280 clips, embedded
 
 The DiT is the real architecture at the real size, so step times and memory are the real ones;
-the tokenizer and T5 stand-ins are cheap, so their cost is not measured here.
+the tokenizer and T5 stand-ins are cheap, so their cost is not measured here. The weights are drawn
+on the GPU and written once; a later call with the same root and size returns at once.
 
-    python benchmarks/fake_world_7b.py --root /tmp/world --clips 16
+    python benchmarks/fake_world.py --root /tmp/world --clips 16 [--size 14b]
 """
 
 import argparse
@@ -24,8 +26,15 @@ from cosmos_lora.model.dit import build_dit
 from cosmos_lora.model.edm import LogVarHead
 from cosmos_lora.model.tiny import write_tiny_t5, write_tiny_tokenizer
 
+DIT_FOLDERS = {"7b": "Cosmos-Predict1-7B-Text2World", "14b": "Cosmos-Predict1-14B-Text2World"}
+
+
+def dit_path(root: Path, size: str) -> Path:
+    return root / "checkpoints" / DIT_FOLDERS[size] / "model.pt"
+
 
 def write_random_dit(path: Path, size: str = "7b") -> None:
+    """Random bf16 weights in the official flat format: drawn on the GPU, copied to the host, saved once."""
     meta = official_state_dict(build_dit(size, device="meta"), LogVarHead())
     device = "cuda" if torch.cuda.is_available() else "cpu"
     generator = torch.Generator(device=device).manual_seed(0)
@@ -35,22 +44,25 @@ def write_random_dit(path: Path, size: str = "7b") -> None:
         for key, t in meta.items()
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    partial = path.with_name(path.name + ".partial")  # a killed run leaves no truncated model.pt behind
+    torch.save(state, partial)
+    partial.rename(path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--size", choices=sorted(DIT_FOLDERS), default="7b")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--frames", type=int, default=121)
     parser.add_argument("--resolution", type=int, nargs=2, default=(704, 1280))
     args = parser.parse_args()
     checkpoints, started = args.root / "checkpoints", time.perf_counter()
-    ready = args.root / "READY"
+    ready = args.root / f"READY.{args.size}"
     if ready.is_file():  # built whole by an earlier call; parallel benchmark phases must not rewrite it
         return
-    if not (checkpoints / "Cosmos-Predict1-7B-Text2World" / "model.pt").is_file():
-        write_random_dit(checkpoints / "Cosmos-Predict1-7B-Text2World" / "model.pt")
+    if not dit_path(args.root, args.size).is_file():
+        write_random_dit(dit_path(args.root, args.size), args.size)
     write_tiny_tokenizer(checkpoints / "Cosmos-Tokenize1-CV8x8x8-720p")
     write_tiny_t5(checkpoints / "google-t5" / "t5-11b", d_model=1024)
     dataset = args.root / "datasets" / "bench" / "clips"
@@ -58,7 +70,7 @@ def main() -> None:
         make_synthetic_dataset(dataset, args.clips, args.frames, *args.resolution, fps=24, seed=0)
     embed_dataset(dataset, checkpoints / "google-t5" / "t5-11b", torch.device("cpu"), torch.float32)
     ready.touch()
-    print(f"fake 7B world ready in {time.perf_counter() - started:.0f} s: {args.root}")
+    print(f"fake {args.size} world ready in {time.perf_counter() - started:.0f} s: {args.root}")
 
 
 if __name__ == "__main__":
