@@ -7,9 +7,13 @@ exception is a bug and keeps its traceback.
 `Stopped` is the outcome of Ctrl-C or SIGTERM: the work saved what it had and the same command
 continues it. Every command exits EXIT_STOPPED for it, so a script (or a Slurm requeue) can tell
 "rerun me" from "fix something first".
+
+`Problems` gathers the UserErrors of independent checks, so one command names every mistake at once.
 """
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 EXIT_ERROR = 1
 EXIT_STOPPED = 3  # stopped by Ctrl-C or SIGTERM; rerun (the printed command) to continue
@@ -41,3 +45,34 @@ def load_failure(error: Exception) -> str:
         return f"it refers to {refused.group(1)}; refusing to run code from it"
     first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+class Problems:
+    """The UserErrors a series of independent checks found; `raise_any` reports them as one."""
+
+    def __init__(self) -> None:
+        self.errors: list[UserError] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.errors)
+
+    def add(self, problem: str, fix: str | None = None) -> None:
+        self.errors.append(UserError(problem, fix))
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        """Runs one check: its UserError is kept and the next check runs (a stop still stops)."""
+        try:
+            yield
+        except Stopped:
+            raise
+        except UserError as error:
+            self.errors.append(error)
+
+    def raise_any(self) -> None:
+        """One problem as it is; several as one message, one problem (with its fix) per line."""
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            listed = "\n".join(f"  - {error}" for error in self.errors)
+            raise UserError(f"{len(self.errors)} problems; fix each, then run the command again:\n{listed}")

@@ -10,20 +10,6 @@ import typer
 
 from cosmos_lora.cli.output import examples, guarded, note, result
 
-# CLI option -> config key; `-- key=value` overrides reach every other key
-OPTION_KEYS = {
-    "rank": "model.lora.rank",
-    "scale": "model.lora.scale",
-    "first_blocks": "model.lora.first_blocks",
-    "lr": "optimizer.lr",
-    "max_iter": "trainer.max_iter",
-    "epochs": "trainer.epochs",
-    "batch_size": "dataloader_train.batch_size",
-    "grad_accum": "trainer.grad_accum",
-    "seed": "job.seed",
-    "save_every": "checkpoint.save_every",
-    "validate_every": "trainer.validate_every",
-}
 MODEL_PRESETS = {"7b": "text2world_7b_lora", "14b": "text2world_14b_lora", "tiny": "tiny_lora"}
 
 
@@ -66,20 +52,23 @@ def posttrain(
     """
     from cosmos_lora.config.build import build_experiment
     from cosmos_lora.config.experiment import to_yaml
+    from cosmos_lora.config.settings import OPTION_KEYS
     from cosmos_lora.distributed import Launch, adopt_slurm_environment, default_nproc, external_launch
-    from cosmos_lora.errors import UserError
+    from cosmos_lora.errors import Problems, UserError
     from cosmos_lora.run_folder import RunFolder
     from cosmos_lora.train import launch as launcher
-    from cosmos_lora.train.checks import read_validation_prompts
+    from cosmos_lora.train.checks import check_inputs, check_launch, read_validation_prompts
 
-    if scale is not None and alpha is not None:
-        raise UserError("--scale and --alpha set the same thing.", "give only one of them.")
-    if max_iter is not None and epochs is not None:
-        raise UserError("--max-iter and --epochs both set the training length.", "give only one of them.")
     if model not in MODEL_PRESETS:
         raise UserError(f"Unknown --model {model!r}.", f"use one of {', '.join(MODEL_PRESETS)}.")
+    problems = Problems()  # every mistake in this command, reported together
+    if scale is not None and alpha is not None:
+        problems.add("--scale and --alpha set the same thing.", "give only one of them.")
+    if max_iter is not None and epochs is not None:
+        problems.add("--max-iter and --epochs both set the training length.", "give only one of them.")
     if nnodes > 1 and not rdzv_endpoint:
-        raise UserError("Multi-node training needs a rendezvous address.", "pass --rdzv-endpoint HOST:PORT (node 0).")
+        problems.add("Multi-node training needs a rendezvous address.", "pass --rdzv-endpoint HOST:PORT (node 0).")
+    check_launch(nproc, nnodes, node_rank, problems)
     values = {"rank": rank, "scale": scale, "first_blocks": first_blocks, "lr": lr, "max_iter": max_iter, "epochs": epochs,
               "batch_size": batch_size, "grad_accum": grad_accum, "seed": seed, "save_every": save_every,
               "validate_every": validate_every}
@@ -87,18 +76,22 @@ def posttrain(
     if extra_targets:
         options["model.lora.extra_targets"] = list(extra_targets)
     if validation_prompts is not None:
-        options["trainer.validation.prompts"] = read_validation_prompts(validation_prompts)
+        with problems.check():
+            options["trainer.validation.prompts"] = read_validation_prompts(validation_prompts)
     adopt_slurm_environment()
     launched = external_launch()  # srun or torchrun started this process: it is one of the workers
-    shape = Launch(launched.world_size) if launched else Launch(nproc or default_nproc(), nnodes, node_rank, rdzv_endpoint)
-    experiment = build_experiment(config or MODEL_PRESETS[model], ctx.obj, dataset, options, list(ctx.args), name, shape, alpha)
+    processes = nproc if nproc is not None and nproc > 0 else default_nproc()
+    shape = Launch(launched.world_size) if launched else Launch(processes, max(nnodes, 1), node_rank, rdzv_endpoint)
+    experiment = build_experiment(config or MODEL_PRESETS[model], ctx.obj, dataset, options, list(ctx.args), name, shape,
+                                  alpha, problems)
     if validation_prompts is not None and not experiment.trainer.validate_every:
-        raise UserError("--validation-prompts has no effect without validation.", "add --validate-every N.")
-    if dry_run:
+        problems.add("--validation-prompts has no effect without validation.", "add --validate-every N.")
+    if dry_run:  # the same checks as a launch, all of them, and nothing written
+        check_inputs(experiment, resume, shape, problems)
         result(to_yaml(experiment))
         result(launcher.describe_command(RunFolder(Path(experiment.job.run_dir)), shape))
         return
-    run, message, outcome = launcher.posttrain(experiment, shape, resume, launched, announce=note)
+    run, message, outcome = launcher.posttrain(experiment, shape, resume, launched, announce=note, problems=problems)
     if message is None:  # another task of srun/torchrun: task 0 reports for all
         raise typer.Exit(outcome.code)
     note(message)

@@ -10,42 +10,59 @@ from pathlib import Path
 from cosmos_lora.config.experiment import apply_overrides, load_preset, resolved
 from cosmos_lora.config.lazy import LazyDict, check_targets
 from cosmos_lora.config.run_name import run_name
+from cosmos_lora.config.settings import check_settings, is_count, is_positive
 from cosmos_lora.data.latents import LATENTS_DIR, latent_cache_dir
 from cosmos_lora.data.layout import DatasetLayout
 from cosmos_lora.distributed import Launch
-from cosmos_lora.errors import UserError
+from cosmos_lora.errors import Problems, UserError
 from cosmos_lora.paths import Roots, check_dataset_name
 
 
 def build_experiment(
     source: str, roots: Roots, dataset: str | None, options: dict, overrides: list[str], name: str | None,
-    launch: Launch, alpha: float | None = None,
+    launch: Launch, alpha: float | None = None, problems: Problems | None = None,
 ) -> LazyDict:
     """Preset (or saved config) + options + overrides, with the dataset, paths and run folder filled in.
 
     `launch`: the processes that will train (`--epochs` counts steps from them). `alpha` is peft's
     spelling of the LoRA multiplier: scale = alpha / rank. A run's saved config.yaml keeps naming
     that run, even when overrides change values its name was derived from.
+
+    Every problem with the options, overrides and settings is found before any is reported: with
+    `problems` they are added there (and the tree is returned as far as it could be built: without
+    `job.run_dir` when a problem stood in the way), else they are raised as one UserError.
     """
+    found = Problems() if problems is None else problems
+    before = len(found.errors)
     config = load_preset(source)
     saved_run = Path(config.job.run_dir).name if config.job.get("run_dir") else None
-    apply_overrides(config, {k: v for k, v in options.items() if v is not None})
-    apply_overrides(config, overrides)
+    apply_overrides(config, {k: v for k, v in options.items() if v is not None}, found)
+    apply_overrides(config, overrides, found)
     if alpha is not None:
-        config.model.lora.scale = alpha / config.model.lora.rank
-    dataset = check_dataset_name(dataset or config.job.dataset or _missing_dataset())
-    config.job.dataset = dataset
+        if is_positive(alpha) and is_count(config.model.lora.rank):
+            config.model.lora.scale = alpha / config.model.lora.rank
+        elif not is_positive(alpha):
+            found.add(f"--alpha {alpha}: it must be a finite number > 0.", "use e.g. --alpha 16 (scale = alpha / rank).")
     if name is not None:
         config.job.name = name
+    with found.check():
+        dataset = check_dataset_name(dataset or config.job.dataset or _missing_dataset())
+        config.job.dataset = dataset
+        config.dataloader_train.dataset.root = str(roots.dataset(dataset))
+        config.dataloader_train.dataset.latents_dir = _latent_cache(config, roots)
     config.model.checkpoints_dir = str(roots.checkpoints)
     config.job.runs_dir = str(roots.runs)
-    config.dataloader_train.dataset.root = str(roots.dataset(dataset))
-    config.dataloader_train.dataset.latents_dir = _latent_cache(config, roots)
-    if config.trainer.epochs:
-        config.trainer.max_iter = _steps_for_epochs(config, launch.world_size)
+    if config.trainer.epochs is not None and config.dataloader_train.dataset.root is not None:
+        with found.check():
+            config.trainer.max_iter = _steps_for_epochs(config, launch.world_size)
     config = resolved(config)
-    check_targets(config)  # whatever the preset or an override named: refused before the run folder is written
-    config.job.run_dir = str(Path(config.job.runs_dir) / (config.job.name or saved_run or _derived_name(config)))
+    with found.check():  # whatever the preset or an override named: refused before the run folder is written
+        check_targets(config)
+    found.errors.extend(check_settings(config))
+    if len(found.errors) == before:  # a name derived from valid settings, inside the runs folder
+        config.job.run_dir = str(Path(config.job.runs_dir) / (config.job.name or saved_run or _derived_name(config)))
+    if problems is None:
+        found.raise_any()
     return config
 
 
@@ -74,13 +91,20 @@ def _derived_name(config: LazyDict) -> str:
 
 
 def _steps_for_epochs(config: LazyDict, world_size: int) -> int:
+    """`--epochs` in optimizer steps; the value itself stays as given when the settings cannot count it."""
+    epochs, batch, accum = config.trainer.epochs, config.dataloader_train.batch_size, config.trainer.grad_accum
+    if not (is_positive(epochs) and is_count(batch) and is_count(accum)):
+        return config.trainer.max_iter  # check_settings names the bad value
     clips = len(DatasetLayout(Path(config.dataloader_train.dataset.root)).clips())
-    per_step = world_size * config.dataloader_train.batch_size * config.trainer.grad_accum
+    per_step = world_size * batch * accum
     steps_per_epoch = clips // per_step
     if steps_per_epoch == 0:
         raise UserError(
-            f"{clips} clips do not fill one step of {world_size} processes x batch "
-            f"{config.dataloader_train.batch_size} x accumulation {config.trainer.grad_accum}.",
+            f"{clips} clips do not fill one step of {world_size} processes x batch {batch} x accumulation {accum}.",
             "lower --grad-accum or --batch-size, or add clips.",
         )
-    return round(config.trainer.epochs * steps_per_epoch)
+    steps = round(epochs * steps_per_epoch)
+    if steps < 1:
+        raise UserError(f"--epochs {epochs} is {epochs * steps_per_epoch:.2f} steps of {per_step} clips: no step at all.",
+                        f"give at least --epochs {1 / steps_per_epoch:.3g}, or --max-iter N.")
+    return steps

@@ -11,14 +11,16 @@ import importlib.util
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from cosmos_lora.config.lazy import LazyDict, check_targets
-from cosmos_lora.errors import UserError
+from cosmos_lora.errors import Problems, UserError
 from cosmos_lora.files import publishing
 
 PACKAGED_PRESETS = Path(__file__).resolve().parents[1] / "presets"
+SECTIONS = ("job", "model", "trainer", "optimizer", "scheduler", "dataloader_train", "checkpoint")
 
 
 def configs_dir() -> Path:
@@ -40,28 +42,92 @@ def load_preset(name_or_path: str | Path) -> LazyDict:
             f"use one of the presets {preset_names()} or the path of a run's config.yaml.",
         )
     if path.suffix in (".yaml", ".yml"):  # data, from anywhere: it may only name allowed callables
-        config = OmegaConf.load(path)
+        config = _read_yaml(path)
         check_targets(config, where=str(path))
-        return config
+    else:
+        config = _run_preset(path)
+    missing = [section for section in SECTIONS if section not in config]
+    if missing:
+        raise UserError(f"{path} is not an experiment config: it has no {', '.join(missing)} section.",
+                        f"give a preset {preset_names()} or a run's config.yaml.")
+    return config
+
+
+def _read_yaml(path: Path) -> LazyDict:
+    try:
+        config = OmegaConf.load(path)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path} is not valid YAML: {error.problem or error.context}{where}.",
+                        "correct that line, or start from a run's config.yaml.") from None
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not a valid YAML config: {str(error).splitlines()[0]}.",
+                        "correct it, or start from a run's config.yaml.") from None
+    if not OmegaConf.is_dict(config):
+        raise UserError(f"{path} is not an experiment config: it holds no key: value tree.",
+                        f"give a preset {preset_names()} or a run's config.yaml.")
+    return config
+
+
+def _run_preset(path: Path) -> LazyDict:
+    """A `.py` preset is code (as the official LazyDict configs are): it runs, and defines `config`."""
     spec = importlib.util.spec_from_file_location(f"cosmos_lora_preset_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise UserError(f"{path} is not valid Python: {error.msg} at line {error.lineno}.", "correct that line.") from None
+    if not OmegaConf.is_dict(getattr(module, "config", None)):
+        raise UserError(f"{path} defines no `config` LazyDict.", "define `config = lazy_dict(...)` as configs/*.py do.")
     return OmegaConf.create(OmegaConf.to_container(module.config))  # a private copy
 
 
-def apply_overrides(config: LazyDict, overrides: dict[str, object] | list[str]) -> LazyDict:
-    """Sets existing keys only: `optimizer.lr=5e-5` works, a typo like `optimiser.lr=...` is refused."""
-    pairs = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
-    for key, value in pairs:
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(config, parent) if parent else config
-        if not OmegaConf.is_dict(node) or leaf not in node:
-            raise UserError(f"Unknown config key {key!r}.", "print the tree with `posttrain --dry-run` and use a key from it.")
-        try:
-            OmegaConf.update(config, key, value, merge=False)
-        except (ConfigKeyError, OmegaConfBaseException) as error:
-            raise UserError(f"Cannot set {key!r}: {error}.") from error
+def apply_overrides(config: LazyDict, overrides: dict[str, object] | list[str], problems: Problems | None = None) -> LazyDict:
+    """Sets existing keys only, to values of the kind they hold: `optimizer.lr=5e-5` works, a typo like
+    `optimiser.lr=...` or `optimizer.lr=fast` is refused. With `problems`, each refused override is
+    added there and the others still apply; without, the first one raises."""
+    found = Problems() if problems is None else problems
+    pairs = overrides.items() if isinstance(overrides, dict) else overrides
+    for pair in pairs:
+        with found.check():
+            _apply(config, *(pair if isinstance(pair, tuple) else _split_override(pair)))
+        if problems is None:
+            found.raise_any()
     return config
+
+
+def _apply(config: LazyDict, key: str, value: object) -> None:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(config, parent) if parent else config
+    if not OmegaConf.is_dict(node) or leaf not in node:
+        raise UserError(f"Unknown config key {key!r}.", "print the tree with `posttrain --dry-run` and use a key from it.")
+    current = OmegaConf.select(config, key, throw_on_resolution_failure=False)
+    expected = _kind_mismatch(current, value)
+    if expected:
+        raise UserError(f"Override {key}={value!r}: {key} holds {expected} (the config has {current!r}).",
+                        f"give {key} {expected}, e.g. {key}={current!r}.")
+    try:
+        OmegaConf.update(config, key, value, merge=False)
+    except (ConfigKeyError, OmegaConfBaseException) as error:
+        raise UserError(f"Cannot set {key!r}: {error}.") from error
+
+
+def _kind_mismatch(current: object, value: object) -> str | None:
+    """What `current`'s slot holds, when `value` is not of that kind (None or an interpolation fits anywhere)."""
+    if current is None or value is None or (isinstance(value, str) and "${" in value):
+        return None
+    if OmegaConf.is_config(current):
+        current = OmegaConf.to_container(current)
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value)
+    kinds = [(bool, "true or false", (bool,)), (int, "a whole number", (int,)), (float, "a number", (int, float)),
+             (str, "text", (str,)), (list, "a list", (list, tuple)), (dict, "a key: value tree", (dict,))]
+    for kind, name, accepted in kinds:
+        if isinstance(current, kind):
+            fits = isinstance(value, accepted) and (kind is bool or not isinstance(value, bool))
+            return None if fits else name
+    return None
 
 
 def _split_override(text: str) -> tuple[str, object]:

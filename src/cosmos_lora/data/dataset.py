@@ -146,11 +146,16 @@ def require_valid_dataset(root: Path, num_frames: int, height: int | None = None
 
 def dit_text_width(dit: Path) -> int:
     """The embedding width D the DiT checkpoint at `dit` cross-attends to (read memory-mapped)."""
+    return dit_size(dit).text_embed_dim
+
+
+def dit_size(dit: Path):
+    """The architecture (`model.dit.DiTSize`) of the DiT checkpoint at `dit` (read memory-mapped)."""
     from cosmos_lora.model.checkpoint import read_official_checkpoint, unwrap_container
     from cosmos_lora.model.dit import size_from_state_dict
 
     try:
-        return size_from_state_dict(unwrap_container(read_official_checkpoint(dit))).text_embed_dim
+        return size_from_state_dict(unwrap_container(read_official_checkpoint(dit)))
     except (KeyError, ValueError, IndexError, AttributeError):  # a readable file that is not a Cosmos DiT
         raise UserError(f"{dit} is not a Cosmos-Predict1 DiT checkpoint.",
                         "run `cosmos-lora download`, or point --checkpoints-dir at the official folders.") from None

@@ -1,37 +1,138 @@
-"""Everything that can be wrong with a training's inputs, found before any process starts:
-checkpoints present, a trainable size, the dataset valid, the validation samples possible."""
+"""Everything that can be wrong with a training's inputs, found before any process starts and
+before the run folder is written: the launch shape, checkpoints present, a trainable size, the
+dataset valid, the validation samples possible, the run folder new (or resumable with these values).
+
+The settings themselves (ranges, kinds, the schedule) are `config.settings`' checks, run while the
+experiment is built. Every problem is collected and reported at once, one per line.
+"""
 
 from pathlib import Path
 
-from cosmos_lora.config import LazyDict
-from cosmos_lora.data.dataset import dit_text_width, require_valid_dataset
-from cosmos_lora.errors import UserError
-from cosmos_lora.model.tokenizer import TOKENIZER_FILES
+from cosmos_lora.config import LazyDict, load_preset
+from cosmos_lora.config.experiment import changed_keys
+from cosmos_lora.config.settings import is_count, label
+from cosmos_lora.data.dataset import dit_size, require_valid_dataset
+from cosmos_lora.distributed import Launch
+from cosmos_lora.errors import Problems, UserError
+from cosmos_lora.model.tokenizer import check_tokenizer_folder
+from cosmos_lora.run_folder import RunFolder
+
+# What a resume may change: how long to train, how often to log and save, loader speed, memory
+# and where the roots are. Anything else would change the steps already taken, so it is refused.
+RESUME_MAY_CHANGE = (
+    "trainer.max_iter", "trainer.epochs", "scheduler.max_iter", "trainer.log_every", "trainer.validate_every",
+    "checkpoint.save_every", "checkpoint.keep_states", "dataloader_train.num_workers", "dataloader_train.pin_memory",
+    "model.activation_checkpointing", "model.checkpoints_dir", "job.runs_dir", "job.run_dir",
+    "dataloader_train.dataset.root", "dataloader_train.dataset.latents_dir", "model.latent_cache",
+    "model.recompute_attention", "model.keep_attention_blocks", "model.attention_backend", "model.compile",
+    # validation samples draw nothing from the training's RNG streams (tests/test_validation.py)
+    "trainer.validation.prompts", "trainer.validation.seeds", "trainer.validation.steps",
+    "trainer.validation.guidance", "trainer.validation.ema",
+)
 
 
-def check_inputs(config: LazyDict) -> None:
-    """Checkpoints present and the dataset valid: all problems before any process starts."""
+def check_launch(nproc: int | None, nnodes: int, node_rank: int, problems: Problems) -> None:
+    """`--nproc`, `--nnodes`, `--node-rank` describe a launch that can happen."""
+    if nproc is not None and nproc < 1:
+        problems.add(f"--nproc {nproc}: it must be a whole number of processes >= 1.",
+                     "use e.g. --nproc 8 (one per GPU), or leave it out for every visible GPU.")
+    if nnodes < 1:
+        problems.add(f"--nnodes {nnodes}: it must be a whole number of nodes >= 1.", "use --nnodes 1 on one machine.")
+    elif not 0 <= node_rank < nnodes:
+        problems.add(f"--node-rank {node_rank} is not a node of --nnodes {nnodes}.",
+                     f"give each node its index, 0 to {nnodes - 1}.")
+
+
+def check_inputs(config: LazyDict, resume: bool = False, launch: Launch | None = None,
+                 problems: Problems | None = None) -> None:
+    """Every problem with the training's files and folders, raised as one UserError together with
+    those already in `problems` (e.g. the settings' problems found while building the experiment).
+
+    The run folder is checked when the experiment named one (`job.run_dir`), against `launch`'s
+    process count on resume."""
+    found = Problems() if problems is None else problems
+    size = None
+    with found.check():
+        size = check_checkpoints(config)
+    try:
+        height, width = check_training_size(config)
+    except UserError as error:
+        found.errors.append(error)
+        height = width = None
+    first_blocks = config.model.lora.get("first_blocks")
+    if size is not None and is_count(first_blocks) and first_blocks > size.num_layers:
+        found.add(f"{label('model.lora.first_blocks')} is {first_blocks}, but the DiT has {size.num_layers} blocks.",
+                  f"give at most --first-blocks {size.num_layers}, or leave it out for every block.")
+    if is_count(config.trainer.validate_every):
+        with found.check():
+            check_validation(config)
+    if config.dataloader_train.dataset.get("root") and height is not None:  # no root: its name was refused
+        latents = config.dataloader_train.dataset.latents_dir
+        with found.check():
+            require_valid_dataset(
+                Path(config.dataloader_train.dataset.root), config.model.num_frames, height, width, config.job.dataset,
+                latents_dir=Path(latents) if latents else None, text_width=size.text_embed_dim if size else None,
+            )
+    if config.job.get("run_dir"):
+        with found.check():
+            check_run_folder(config, resume, launch)
+    found.raise_any()
+
+
+def check_checkpoints(config: LazyDict):
+    """The DiT and tokenizer are there; returns the DiT's size (`model.dit.DiTSize`)."""
     checkpoints = Path(config.model.checkpoints_dir)
     dit = checkpoints / config.model.dit
     if not dit.is_file():
         raise UserError(f"No DiT checkpoint at {dit}.", "run `cosmos-lora download`, or set --checkpoints-dir.")
     tokenizer = checkpoints / config.model.tokenizer
-    missing = [f for f in TOKENIZER_FILES if not (tokenizer / f).is_file()]
-    if missing:
-        raise UserError(f"The tokenizer folder {tokenizer} lacks {', '.join(missing)}.", "run `cosmos-lora download`.")
-    height, width = config.model.resolution
-    if height % 16 or width % 16 or (config.model.num_frames - 1) % 8:
+    check_tokenizer_folder(tokenizer)
+    return dit_size(dit)
+
+
+def check_training_size(config: LazyDict) -> tuple[int, int]:
+    """The frames and (height, width) are a size the tokenizer and DiT take; returns (height, width)."""
+    frames, resolution = config.model.num_frames, list(config.model.resolution)
+    if not (is_count(frames) and len(resolution) == 2 and all(is_count(side) for side in resolution)):
+        raise UserError(f"model.num_frames {frames!r} and model.resolution {resolution!r} are not a training size.",
+                        "use e.g. -- model.num_frames=121 'model.resolution=[704,1280]'.")
+    height, width = resolution
+    if height % 16 or width % 16 or (frames - 1) % 8:
         raise UserError(
-            f"Training size {config.model.num_frames}x{height}x{width} is not 1+8k frames of multiples of 16.",
+            f"Training size {frames}x{height}x{width} is not 1+8k frames of multiples of 16.",
             "use e.g. 121 frames at 704x1280.",
         )
-    if config.trainer.validate_every:
-        check_validation(config)
-    latents = config.dataloader_train.dataset.latents_dir
-    require_valid_dataset(
-        Path(config.dataloader_train.dataset.root), config.model.num_frames, height, width, config.job.dataset,
-        latents_dir=Path(latents) if latents else None, text_width=dit_text_width(dit),
-    )
+    return height, width
+
+
+def check_run_folder(config: LazyDict, resume: bool, launch: Launch | None = None) -> None:
+    """A new run needs a new folder; a resume needs a saved run that these values continue exactly."""
+    run = RunFolder(Path(config.job.run_dir))
+    if not resume:
+        if run.path.exists():
+            raise UserError(
+                f"Run folder {run.path} exists already.", "pass --resume to continue it, or --name NEW to start another run."
+            )
+        return
+    if not run.config_file.is_file():
+        raise UserError(f"Nothing to resume in {run.path}.", "start it without --resume.")
+    saved = load_preset(run.config_file)
+    changed = changed_keys(saved, config)
+    refused = [key for key in changed if key not in RESUME_MAY_CHANGE]
+    if refused:
+        raise UserError(
+            f"Resuming {run.path} with other values for {', '.join(refused)} would not continue the same training.",
+            "resume with the saved values (--config <run>/config.yaml --resume), or start a new run with --name NEW.",
+        )
+    if "scheduler.max_iter" in changed and saved.scheduler.get("decay", "constant") != "constant":
+        old, new = saved.scheduler.max_iter, config.scheduler.max_iter
+        raise UserError(
+            f"Resuming {run.path} with its {saved.scheduler.decay} schedule over {new} steps instead of {old} would "
+            "change the lr of the steps it already took (the curve's shape depends on its length).",
+            f"resume with --max-iter {old}, or start a new run with --name NEW --max-iter {new}.",
+        )
+    if launch is not None:
+        run.check_resumable(launch.world_size, launch.nnodes)
 
 
 def read_validation_prompts(path: Path) -> list[str]:
@@ -57,8 +158,6 @@ def check_validation(config: LazyDict) -> None:
             "trainer.validate_every is set but the config has no trainer.validation section.",
             "copy trainer.validation from configs/text2world_7b_lora.py into the config, or set trainer.validate_every=0.",
         )
-    if config.trainer.validate_every < 0:
-        raise UserError(f"--validate-every {config.trainer.validate_every} is negative.", "use 0 (off) or a number of steps.")
     if not validation.prompts or any(not str(p).strip() for p in validation.prompts):
         raise UserError("trainer.validation.prompts is empty or holds an empty prompt.", "pass --validation-prompts FILE.")
     if not validation.seeds or any(int(seed) < 0 for seed in validation.seeds):

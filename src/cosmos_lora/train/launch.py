@@ -13,26 +13,14 @@ from pathlib import Path
 
 from cosmos_lora.config import LazyDict, load_preset, save_config
 from cosmos_lora.config.experiment import changed_keys
-from cosmos_lora.distributed import ExternalLaunch, Launch, Outcome, launch, launched_by_torchrun, torchrun_command
-from cosmos_lora.errors import Stopped, UserError
+from cosmos_lora.distributed import ExternalLaunch, Launch, Outcome, launch, torchrun_command
+from cosmos_lora.errors import Problems, Stopped, UserError
 from cosmos_lora.files import atomic_write, require_writable
 from cosmos_lora.run_folder import RunFolder
-from cosmos_lora.train.checks import check_inputs
+from cosmos_lora.train.checks import check_inputs, check_run_folder
 
 WORKER = "cosmos_lora.train.worker"
 
-# What a resume may change: how long to train, how often to log and save, loader speed, memory
-# and where the roots are. Anything else would change the steps already taken, so it is refused.
-RESUME_MAY_CHANGE = (
-    "trainer.max_iter", "trainer.epochs", "scheduler.max_iter", "trainer.log_every", "trainer.validate_every",
-    "checkpoint.save_every", "checkpoint.keep_states", "dataloader_train.num_workers", "dataloader_train.pin_memory",
-    "model.activation_checkpointing", "model.checkpoints_dir", "job.runs_dir", "job.run_dir",
-    "dataloader_train.dataset.root", "dataloader_train.dataset.latents_dir", "model.latent_cache",
-    "model.recompute_attention", "model.keep_attention_blocks", "model.attention_backend", "model.compile",
-    # validation samples draw nothing from the training's RNG streams (tests/test_validation.py)
-    "trainer.validation.prompts", "trainer.validation.seeds", "trainer.validation.steps",
-    "trainer.validation.guidance", "trainer.validation.ema",
-)
 # Seconds torchrun waits after forwarding a SIGTERM before it SIGKILLs the workers. Its default,
 # 30 s, is shorter than one 7B step at 121x704x1280 with accumulation: they could not finish and save.
 SHUTDOWN_TIMEOUT_S = "600"
@@ -43,15 +31,17 @@ LAUNCH_WAIT_S = 900.0
 
 def posttrain(experiment: LazyDict, shape: Launch, resume: bool = False, launched: ExternalLaunch | None = None,
               announce: Callable[[str], None] = lambda text: None, resume_command: str | None = None,
-              ) -> tuple[RunFolder, str | None, Outcome]:
+              problems: Problems | None = None) -> tuple[RunFolder, str | None, Outcome]:
     """Checks the inputs, writes the run folder, trains; returns (run, one-line outcome, outcome).
+
+    `problems`: those found while building the experiment; they are reported with the inputs' own.
 
     Where this process reports (no srun/torchrun around it, or its task 0), a run that did not
     finish raises: `Stopped` naming the command that resumes it (`resume_command`, default the
     posttrain command in the same launch shape), or `UserError` with the reason. The other tasks
     return quietly with no message: task 0 reports for all (an error only their rank saw is printed).
     """
-    run = RunFolder(prepare(experiment, resume, launched))
+    run = RunFolder(prepare(experiment, resume, launched, shape, problems))
     reporting = launched is None or launched.is_main
     if reporting:
         announce(f"Run folder: {run.path}")
@@ -66,8 +56,6 @@ def posttrain(experiment: LazyDict, shape: Launch, resume: bool = False, launche
 
 def start_training(run: RunFolder, shape: Launch) -> Outcome:
     """Runs the workers (through torchrun, or in this process when already under a launcher)."""
-    if not launched_by_torchrun():  # under a launcher the workers check it on resume
-        run.check_resumable(shape.world_size, shape.nnodes)
     return launch(WORKER, [str(run.config_file)], shape, alone_in_process=False,
                   env={"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": SHUTDOWN_TIMEOUT_S})
 
@@ -105,17 +93,23 @@ def describe_command(run: RunFolder, shape: Launch) -> str:
 # -- the run folder, and the tasks of an srun/torchrun launch ----------------------------------------
 
 
-def prepare(config: LazyDict, resume: bool, launched: ExternalLaunch | None) -> Path:
+def prepare(config: LazyDict, resume: bool, launched: ExternalLaunch | None, shape: Launch | None = None,
+            problems: Problems | None = None) -> Path:
     """Checks the inputs and writes the run folder. Under srun or torchrun only task 0 does; it then
-    leaves a note for this launch beside the run folder, and the other tasks wait for that note."""
+    leaves a note for this launch beside the run folder, and the other tasks wait for that note.
+
+    `shape`: the launch, whose process count a resume must match; `problems`: those found earlier."""
     if launched is not None and not launched.is_main:
+        if problems:  # every task built the same experiment: each reports what it found
+            problems.raise_any()
         return wait_for_run_dir(config, launched)
     try:
-        require_writable(Path(config.job.run_dir), "the run")
-        check_inputs(config)
+        if config.job.get("run_dir"):
+            require_writable(Path(config.job.run_dir), "the run")
+        check_inputs(config, resume, shape, problems)
         run_dir = prepare_run_dir(config, resume)
     except UserError as error:
-        if launched is not None:  # the other tasks stop at once with task 0's reason
+        if launched is not None and config.job.get("run_dir"):  # the other tasks stop at once with task 0's reason
             _write_launch_note(config, launched, {"failed": str(error)})
         raise
     if launched is not None:
@@ -160,28 +154,13 @@ def _read_launch_note(run: RunFolder, launched: ExternalLaunch) -> dict | None:
 
 
 def prepare_run_dir(config: LazyDict, resume: bool) -> Path:
-    """Creates the run folder with its config.yaml; refuses to reuse one unless resuming.
+    """Creates the run folder with its config.yaml; refuses to reuse one unless resuming (`check_run_folder`).
 
-    A resume saves the new config when it differs from the old one only in RESUME_MAY_CHANGE
+    A resume saves the new config when it differs from the old one only in what a resume may change
     (e.g. a longer `trainer.max_iter`), so the workers train with what the user asked for.
     """
+    check_run_folder(config, resume)
     run = RunFolder(Path(config.job.run_dir))
-    if resume:
-        if not run.config_file.is_file():
-            raise UserError(f"Nothing to resume in {run.path}.", "start it without --resume.")
-        changed = changed_keys(load_preset(run.config_file), config)
-        refused = [key for key in changed if key not in RESUME_MAY_CHANGE]
-        if refused:
-            raise UserError(
-                f"Resuming {run.path} with other values for {', '.join(refused)} would not continue the same training.",
-                "resume with the saved values (--config <run>/config.yaml --resume), or start a new run with --name NEW.",
-            )
-        if changed:
-            save_config(config, run.config_file)
-        return run.path
-    if run.path.exists():
-        raise UserError(
-            f"Run folder {run.path} exists already.", "pass --resume to continue it, or --name NEW to start another run."
-        )
-    save_config(config, run.config_file)
+    if not resume or changed_keys(load_preset(run.config_file), config):
+        save_config(config, run.config_file)
     return run.path

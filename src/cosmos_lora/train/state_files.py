@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from cosmos_lora.errors import UserError, load_failure
 
@@ -31,7 +31,9 @@ def save_state(folder: Path, name: str, tree: dict) -> None:
     """Writes `<folder>/<name>.safetensors` and `<name>.json` (the caller publishes the folder)."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _encode(tree, "", tensors)
-    save_file(tensors, str(Path(folder) / f"{name}.safetensors"))
+    # plain file writes: a full disk raises OSError here (safetensors' own writer was seen to stay silent),
+    # and the files get the umask's mode like every other published file
+    (Path(folder) / f"{name}.safetensors").write_bytes(safetensors_bytes(tensors))
     (Path(folder) / f"{name}.json").write_text(json.dumps(skeleton, indent=1))
 
 
