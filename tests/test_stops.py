@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
+from cosmos_lora.model.prompts import prompt_folder
 from cosmos_lora.cli.app import app
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.errors import EXIT_STOPPED, UserError
@@ -81,7 +82,7 @@ def test_infer_output_to_a_pipe_shows_each_video_while_it_runs_and_a_stop_ends_w
         if line.startswith("video 1/6"):
             break
     assert seen and seen[-1].startswith("video 1/6"), "".join(seen)
-    assert "original/prompt-0/seed_0.mp4" in seen[-1]  # names the finished video
+    assert f"original/{prompt_folder('prompt 0')}/seed_0.mp4" in seen[-1]  # names the finished video
     if ctrl_c:
         os.killpg(cli.pid, signal.SIGINT)
     else:
