@@ -161,6 +161,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=22)
     parser.add_argument("--save-every", type=int, default=10)
     parser.add_argument("--infer-steps", type=int, default=35)
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="infer-n: prompts (default: one per GPU; 1: one video on all GPUs, issue 17's users' command)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     model = make_world(args.root, args.world)
@@ -181,8 +183,9 @@ def main() -> None:
     elif args.phase == "infer-1":
         report["infer"] = infer(args.root, model, 1, PROMPTS[:1], args.infer_steps, "baseline_1gpu")
     else:
-        report["infer"] = infer(args.root, model, args.nproc, PROMPTS[: args.nproc], args.infer_steps,
-                                f"scale_{args.nproc}gpu")
+        prompts = PROMPTS[: args.prompts or args.nproc]
+        report["infer"] = infer(args.root, model, args.nproc, prompts, args.infer_steps,
+                                f"scale_{args.nproc}gpu_{len(prompts)}prompts")
     args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
 
