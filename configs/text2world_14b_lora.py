@@ -17,6 +17,6 @@ config = load_preset("text2world_7b_lora")
 
 config.model.dit = "Cosmos-Predict1-14B-Text2World/model.pt"  # the folder `download --model 14B-Text2World` fills
 config.model.activation_checkpointing = 1.0
-config.model.keep_attention_blocks = 18  # provisional: set from benchmarks/posttrain_14b.py on one H100 80GB
+config.model.keep_attention_blocks = 18  # the most that stays <= 76 GB on one H100 80GB: 75.8 GB, 23.3 s/step (RESULTS.md)
 # 20 steps x about 12.6 s per CFG step = about 4 min per video at 121x704x1280 on an H100
 config.trainer.validation.steps = 20

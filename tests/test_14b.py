@@ -162,7 +162,8 @@ def test_posttrain_14b_dry_run_resolves_the_14b_config(cli_env):
     from cosmos_lora.hub.download import MODELS
 
     result = cli("posttrain", "--model", "14b", "--dataset", "demo/shapes", "--dry-run")
-    assert_ok(result)
+    # the resolved config is printed; the launch checks then list what this tiny world lacks for a 14B run
+    assert result.exit_code == 1 and "No DiT checkpoint at" in result.stderr and "Traceback" not in result.output
     folder = next(r.folder for r in MODELS["14B-Text2World"] if r.repo.endswith("Predict1-14B-Text2World"))
     assert f"dit: {folder}/model.pt" in result.output
     assert "keep_attention_blocks:" in result.output and "first_blocks: null" in result.output

@@ -98,12 +98,13 @@ def test_a_crafted_state_pickle_runs_no_code_on_resume(world, tmp_path):
     run = run_dir(world)
     as_pickles(run / "state" / f"step_{STEPS:06d}", lambda name: {"payload": CreatesFile(marker)})
     done = cosmos_lora(world, *TRAIN, "--max-iter", str(STEPS + 2), "--resume")
-    assert not marker.exists()
-    assert done.returncode == 1
+    assert not marker.exists(), done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    lines = error_lines(done)
-    assert len(lines) == 1, done.stderr[-3000:]
-    assert "train_state.pt" in lines[0] and "refers to io.open; refusing to run code" in lines[0]
+    # refused in one line; the resume falls back to the save before it (issue 15: a damaged newest save)
+    refusals = [line for line in done.stderr.splitlines() if "train_state.pt" in line]
+    assert len(refusals) == 1, done.stderr[-3000:]
+    assert "refers to io.open; refusing to run code" in refusals[0] and "the save before it" in refusals[0]
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("state_format", ["safetensors", "pickle from before"])

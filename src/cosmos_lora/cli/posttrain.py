@@ -87,8 +87,9 @@ def posttrain(
     if validation_prompts is not None and not experiment.trainer.validate_every:
         problems.add("--validation-prompts has no effect without validation.", "add --validate-every N.")
     if dry_run:  # the same checks as a launch, all of them, and nothing written
+        if not problems:  # a valid config is shown even when the machine or data checks below find problems
+            result(to_yaml(experiment))
         check_inputs(experiment, resume, shape, problems)
-        result(to_yaml(experiment))
         result(launcher.describe_command(RunFolder(Path(experiment.job.run_dir)), shape))
         return
     run, message, outcome = launcher.posttrain(experiment, shape, resume, launched, announce=note, problems=problems)
