@@ -4,6 +4,7 @@ Exit codes: 0 finished, EXIT_STOPPED interrupted after saving (resumable), 1 use
 """
 
 import contextlib
+import signal
 import sys
 
 from omegaconf import OmegaConf
@@ -18,6 +19,8 @@ def main(argv: list[str]) -> int:
     config = OmegaConf.load(argv[0])
     dist_info = init_distributed()
     trainer = None
+    # the trainer installs its own stop handlers; also when it fails half-built, the caller's come back
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         from cosmos_lora.train.trainer import Trainer
 
@@ -35,6 +38,8 @@ def main(argv: list[str]) -> int:
         if trainer is not None:
             trainer.close()
         close_distributed()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _record_failure(config, trainer, dist_info, message: str | None = None) -> None:
