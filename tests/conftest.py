@@ -66,3 +66,15 @@ def cli_env(roots, monkeypatch) -> Roots:
     monkeypatch.setenv("COSMOS_LORA_DATASETS", str(roots.datasets))
     monkeypatch.setenv("COSMOS_LORA_OUTPUTS", str(roots.outputs))
     return roots
+
+
+@pytest.fixture(autouse=True)
+def _stop_handlers_restored():
+    """Tests that build a `Trainer` in this process (as the worker does) leave its SIGINT/SIGTERM handlers
+    behind unless they close it; the next test must see Python's own (Ctrl-C raises KeyboardInterrupt)."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
