@@ -16,9 +16,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from cosmos_lora.cli.app import app
 from cosmos_lora.config import load_preset, resolved, save_config
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.errors import UserError
@@ -32,6 +30,8 @@ from cosmos_lora.model.lora_formats import to_official_inference
 from cosmos_lora.model.tiny import TINY_DIT
 from cosmos_lora.train.checkpointer import Checkpointer
 
+from cli_helpers import assert_ok, assert_user_error, cli
+
 STEP = 10
 LORA_DIR = "Cosmos-Predict1-7B-Text2World_post-trained-lora"
 MERGED_DIR = "Cosmos-Predict1-7B-Text2World_post-trained"
@@ -40,20 +40,6 @@ CPU = Distributed(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")
 
 # -- helpers ----------------------------------------------------------------------------------------
 
-def cli(*args: str):
-    return CliRunner().invoke(app, list(args))
-
-
-def assert_ok(result) -> None:
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-
-
-def assert_user_error(result, *phrases: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert len([line for line in result.stderr.splitlines() if line.startswith("Error:")]) == 1, result.stderr
-    assert "Fix:" in result.stderr and "Traceback" not in result.output
-    assert all(phrase in result.stderr for phrase in phrases), result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
+from safetensors.torch import load_file
 
-from cosmos_lora.cli.app import app
 from cosmos_lora.config import load_preset, resolved, save_config
 from cosmos_lora.data.video import read_video
 from cosmos_lora.distributed import Distributed
@@ -25,25 +23,13 @@ from cosmos_lora.model.lora import add_lora, load_lora_state, lora_state_dict, s
 from cosmos_lora.model.tiny import TINY_DIT
 from cosmos_lora.train.checkpointer import Checkpointer
 
+from cli_helpers import assert_ok, assert_user_error, cli
+
 FAST = ["--steps", "2"]
 TARGETS = ["attn1.to_q", "attn1.to_v", "attn2.to_q", "attn2.to_v"]  # the official q/v targets
 RUN, STEP = "trust-run", 10
 
 
-def cli(*args: str):
-    return CliRunner().invoke(app, list(args))
-
-
-def assert_ok(result) -> None:
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-
-
-def assert_user_error(result, *phrases: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert len([line for line in result.stderr.splitlines() if line.startswith("Error:")]) == 1, result.stderr
-    assert "Fix:" in result.stderr and "Traceback" not in result.output
-    assert all(phrase in result.stderr for phrase in phrases), result.stderr
 
 
 def frames_of(path) -> np.ndarray:
