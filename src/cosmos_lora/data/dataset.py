@@ -260,21 +260,22 @@ def _embedding_width_problems(widths: dict[Path, int], text_width: int | None) -
     if text_width is not None:
         return [f"{path}: embedding width D={d}, the model takes D={text_width} (made by another text encoder)."
                 for path, d in widths.items() if d != text_width]
-    counts = Counter(widths.values())
-    if len(counts) <= 1:
-        return []
-    common, count = counts.most_common(1)[0]
     return [f"{path}: embedding width D={d} differs from D={common} of {count} other file(s)."
-            for path, d in widths.items() if d != common]
+            for path, d, common, count in _outliers(widths)]
 
 
 def _mixed_encoder_problems(encoders: dict[Path, str]) -> list[str]:
     """Recorded embeddings made by a text encoder other than the one most of them come from."""
-    counts = Counter(encoders.values())
+    return [f"{path}: made by text encoder {name}, {count} other(s) by {common}."
+            for path, name, common, count in _outliers(encoders)]
+
+
+def _outliers(values: dict[Path, object]) -> list[tuple[Path, object, object, int]]:
+    """(path, value, most common value, its count) for every path whose value is not the most common one."""
+    counts = Counter(values.values())
     if len(counts) <= 1:
         return []
     common, count = counts.most_common(1)[0]
-    return [f"{path}: made by text encoder {name}, {count} other(s) by {common}."
-            for path, name in encoders.items() if name != common]
+    return [(path, value, common, count) for path, value in values.items() if value != common]
 
 

@@ -201,7 +201,8 @@ class UlyssesSelfAttention:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         if encoder_hidden_states is not None or attention_mask is not None:
-            raise NotImplementedError("UlyssesSelfAttention is for self-attention without a mask")
+            # installed on the blocks' self-attention only (attn1), which the DiT calls with neither
+            raise ValueError("UlyssesSelfAttention serves self-attention without a mask; cross-attention keeps its own")
         k = self.size
         query, key, value = (proj(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)
                              for proj in (attn.to_q, attn.to_k, attn.to_v))  # [B, H, S/K, D]
