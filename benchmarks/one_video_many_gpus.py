@@ -1,4 +1,4 @@
-"""One 7B video on 1, 2 and 4 GPUs of one machine: Ulysses (context) and CFG parallelism (issue 17).
+"""One 7B (or 14B: --size 14b) video on 1, 2 and 4 GPUs of one machine: Ulysses (context) and CFG parallelism (issue 17).
 
     python benchmarks/one_video_many_gpus.py --root /tmp/world --out result.json [--steps 5] [--variants 1,2cfg,4cfg,4sp]
     python benchmarks/one_video_many_gpus.py --tiny --root /tmp/tiny --out result.json   # CPU check: tiny world, gloo, 2 processes
@@ -10,6 +10,8 @@ same noise, same random text embeddings, guidance 7) under each variant in turn:
   1      every GPU makes the video alone (the 1-GPU rate, measured with all GPUs busy like the others)
   Gcfg   G GPUs per video: the two CFG branches on G/2 GPUs each, their tokens split in G/2 (G = 2: no split)
   Gsp    G GPUs per video: the tokens split in G, both branches as one batch (as on one GPU)
+  1flash every GPU alone with torch's own attention kernel instead of cuDNN's: the bf16 control (the
+         same mathematics rounded another way), to bound how far rounding alone moves the latents
 
 With N = 4, `2cfg`/`2sp` run two videos at once (ranks 0-1 and 2-3); the figures are those of ranks 0-1.
 Per variant the JSON has: seconds per CFG step (mean over the steps after the first, which includes
@@ -39,12 +41,13 @@ PROMPT_TOKENS = 512
 VIDEO_STEPS = 35
 
 
-def parse_variant(name: str) -> tuple[int, bool]:
-    """'1' -> (1, False); '4cfg' -> (4, True); '4sp' -> (4, False)."""
-    for suffix, cfg in (("cfg", True), ("sp", False), ("", False)):
+def parse_variant(name: str) -> tuple[int, bool, bool]:
+    """(GPUs per video, CFG parallel, cuDNN attention): '1' -> (1, False, True); '4cfg' -> (4, True, True);
+    '4sp' -> (4, False, True); '1flash' -> (1, False, False), the bf16 control (torch's own attention kernel)."""
+    for suffix, cfg, cudnn in (("cfg", True, True), ("sp", False, True), ("flash", False, False), ("", False, True)):
         if name.endswith(suffix) and name[: len(name) - len(suffix)].isdigit():
-            return int(name[: len(name) - len(suffix)]), cfg
-    raise SystemExit(f"unknown variant {name!r}: use 1, Gcfg or Gsp (e.g. 4cfg)")
+            return int(name[: len(name) - len(suffix)]), cfg, cudnn
+    raise SystemExit(f"unknown variant {name!r}: use 1, 1flash, Gcfg or Gsp (e.g. 4cfg)")
 
 
 # -- the worker: one process of the torchrun -------------------------------------------------------
@@ -55,7 +58,7 @@ def worker(config: dict) -> None:
 
     from cosmos_lora.distributed import close_distributed, init_distributed
     from cosmos_lora.model.checkpoint import load_official_dit
-    from cosmos_lora.model.dit import configure_blocks
+    from cosmos_lora.model.dit import configure_blocks, reset_blocks
     from cosmos_lora.model.edm import SIGMA_DATA
     from cosmos_lora.model.fp8 import use_fp8_linears
     from cosmos_lora.model.parallel import VideoLayout, cfg_split, check_layout, make_groups, parallelize
@@ -68,7 +71,6 @@ def worker(config: dict) -> None:
     out = Path(config["out_dir"])
     net, _ = load_official_dit(Path(config["dit"]), device=device, dtype=dtype)
     net.eval()
-    configure_blocks(net, compile_blocks=config["compile"] and cuda, prefer_cudnn=True)
     if config["fp8"]:
         use_fp8_linears(net)
     tokenizer = VideoTokenizer(Path(config["tokenizer"]), device, dtype, config["frames"])
@@ -82,7 +84,9 @@ def worker(config: dict) -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     results = {}
     for variant in config["variants"]:
-        per_video, cfg = parse_variant(variant)
+        per_video, cfg, cudnn = parse_variant(variant)
+        reset_blocks(net)
+        configure_blocks(net, compile_blocks=config["compile"] and cuda, prefer_cudnn=cudnn)
         layout = VideoLayout(place.world_size, per_video, cfg)
         check_layout(layout, net.config.num_attention_heads, tokens)
         groups = make_groups(layout, place.rank) if place.world_size > 1 else None
@@ -140,10 +144,14 @@ def build_world(args) -> dict:
         checkpoints = args.root / "checkpoints"
         write_tiny_checkpoints(checkpoints)
         return {"dit": str(checkpoints / TINY_DIT), "tokenizer": str(checkpoints / TINY_TOKENIZER), "frames": 17, "height": 64, "width": 64}
-    subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world.py")), "--root", str(args.root), "--clips", "1"], check=True)
+    fake_world = Path(__file__).with_name("fake_world.py")
+    subprocess.run([sys.executable, str(fake_world), "--root", str(args.root), "--clips", "1", "--size", args.size], check=True)
+    sys.path.insert(0, str(fake_world.parent))
+    from fake_world import dit_path
+
     checkpoints = args.root / "checkpoints"
     return {
-        "dit": str(checkpoints / "Cosmos-Predict1-7B-Text2World" / "model.pt"),
+        "dit": str(dit_path(args.root, args.size)),
         "tokenizer": str(checkpoints / "Cosmos-Tokenize1-CV8x8x8-720p"), "frames": 121, "height": 704, "width": 1280,
     }
 
@@ -197,6 +205,7 @@ def main() -> None:
                         help="comma-separated, e.g. 1,2cfg,2sp,4cfg,4sp (default: 1, Gcfg for G = 2, 4, 8 up to --gpus, Gsp for the largest)")
     parser.add_argument("--no-compile", action="store_true", help="eager blocks (compiled by default, as infer runs)")
     parser.add_argument("--fp8", action="store_true", help="FP8 matmuls for the DiT's linears (infer --fp8)")
+    parser.add_argument("--size", choices=["7b", "14b"], default="7b", help="the fake world's DiT (fake_world.py --size)")
     parser.add_argument("--tiny", action="store_true", help="CPU check: tiny world, gloo")
     parser.add_argument("--timeout", type=int, default=570, help="seconds for the whole script; the variants finished by then are reported")
     args = parser.parse_args()
@@ -225,7 +234,7 @@ def main() -> None:
     summary = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "processes": nproc,
         "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "command": " ".join(sys.argv),
-        "size": f"{config['frames']}x{config['height']}x{config['width']}", "steps": args.steps, "guidance": 7.0,
+        "model": "tiny" if args.tiny else args.size, "size": f"{config['frames']}x{config['height']}x{config['width']}", "steps": args.steps, "guidance": 7.0,
         "compile": config["compile"], "fp8": args.fp8, "world_seconds": round(world_seconds, 1),
         "torchrun_exit": code, "wall_seconds": round(time.perf_counter() - started, 1),
         "variants": report(config, results, out_dir),

@@ -200,10 +200,12 @@ def cfg_phase(args) -> dict:
 
 
 def video_phase(args) -> dict:
-    """One whole video through `cosmos-lora infer --model 14b` (35 steps, guidance 7, one GPU)."""
-    name = f"bench_{args.size}"
+    """One whole video through `cosmos-lora infer --model 14b` (35 steps, guidance 7) on `--video-nproc`
+    GPUs (one video: infer gives it every process)."""
+    name = f"bench_{args.size}_{args.video_nproc}gpu"
     command = ["cosmos-lora", "infer", "--model", "14b" if args.size == "14b" else "tiny", "--prompt", PROMPT,
-               "--stages", "original", "--steps", str(args.video_steps), "--name", name, "--overwrite"]
+               "--stages", "original", "--steps", str(args.video_steps), "--name", name, "--overwrite",
+               "--nproc", str(args.video_nproc)]
     started = time.perf_counter()
     with SmiPeak() as smi:
         subprocess.run([sys.executable, "-m", "cosmos_lora", *command[1:]], env=cli_env(args.root), check=True)
@@ -214,7 +216,8 @@ def video_phase(args) -> dict:
         "video_seconds": meta["seconds"], "sample_seconds": meta["sample_seconds"],
         "seconds_per_cfg_step": meta["seconds_per_step"], "decode_seconds": meta["decode_seconds"],
         "gpu_peak_gb": meta.get("gpu_peak_gb"), "nvidia_smi_peak_gb": smi.peak_mib and round(smi.peak_mib * 2**20 / 1e9, 1),
-        "cli_wall_seconds_incl_loading": round(wall, 1),
+        "cli_wall_seconds_incl_loading": round(wall, 1), "processes": args.video_nproc,
+        "parallel": meta.get("parallel"),
     }
 
 
@@ -234,7 +237,7 @@ def run_phase(args, phase: str) -> dict:
     result.unlink(missing_ok=True)
     command = [sys.executable, __file__, "--root", str(args.root), "--size", args.size, "--out", str(args.out),
                "--steps", str(args.steps), "--cfg-steps", str(args.cfg_steps), "--clips", str(args.clips),
-               "--video-steps", str(args.video_steps), "--child", phase, "--child-out", str(result)]
+               "--video-steps", str(args.video_steps), "--video-nproc", str(args.video_nproc), "--child", phase, "--child-out", str(result)]
     started = time.perf_counter()
     code = subprocess.run(command).returncode
     entry = json.loads(result.read_text()) if result.is_file() else {"error": f"phase exited with code {code}"}
@@ -271,6 +274,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=560, help="skip phases that would end after this many seconds")
     parser.add_argument("--video", action="store_true", help="instead: one whole video through `infer` (its own device call)")
     parser.add_argument("--video-steps", type=int, default=35)
+    parser.add_argument("--video-nproc", type=int, default=1, help="GPUs for the --video run (infer --nproc)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -294,8 +294,13 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
     todo = jobs if settings.overwrite else [j for j in jobs if not job_done(settings, j)]
     if not todo:
         return []
+    started = time.perf_counter()
     embeddings = embed_prompts(settings, todo, device)
+    embedded = time.perf_counter()
     generator = Text2WorldGenerator(settings, device, groups)
+    if show_progress:  # where start-up time goes (benchmarks/RESULTS.md uses these lines)
+        print(f"ready to sample: text encoder {embedded - started:.1f} s, DiT and tokenizer "
+              f"{time.perf_counter() - embedded:.1f} s", file=sys.stderr)
     stages = STAGES[settings.stages]
     written, failed = [], []
     with progress_bar(show_progress) as progress:

@@ -6,6 +6,7 @@ process takes its share of the (prompt, seed) jobs; the main one writes `index.h
 
 import json
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def run_plan(plan_path: Path, dist_info: Distributed) -> tuple[list[Path], Path 
     """This video group's share of the plan's jobs (a group of `gpus_per_video` processes makes each of
     its videos together); the main process writes `index.html` once all are done."""
     settings, jobs = load_plan(plan_path)
+    if dist_info.is_main:  # the plan is written just before the launch: this is torchrun + imports + joining
+        print(f"workers up {time.time() - plan_path.stat().st_mtime:.1f} s after the launch", file=sys.stderr)
     layout = video_layout(dist_info.world_size, settings.gpus_per_video, settings.cfg_parallel)
     groups = make_groups(layout, dist_info.rank) if dist_info.enabled else None
     video = groups.video if groups else 0
