@@ -103,11 +103,11 @@ def describe(metrics: dict) -> str:
     return " · ".join(parts)
 
 
-SUMMARY = (  # label, sidecar field, decimals
-    ("flicker", lambda m: m.get("flicker"), 2),
-    ("motion px/frame", lambda m: m.get("motion_px_per_frame"), 2),
-    ("PSNR from original dB", lambda m: from_json(m.get("drift_from_original", {}).get("psnr_db")), 1),
-    ("SSIM from original", lambda m: m.get("drift_from_original", {}).get("ssim"), 3),
+SUMMARY = (  # label, sidecar field, decimals, unit
+    ("flicker", lambda m: m.get("flicker"), 2, ""),
+    ("motion", lambda m: m.get("motion_px_per_frame"), 2, " px/frame"),
+    ("PSNR from original", lambda m: from_json(m.get("drift_from_original", {}).get("psnr_db")), 1, " dB"),
+    ("SSIM from original", lambda m: m.get("drift_from_original", {}).get("ssim"), 3, ""),
 )
 
 
@@ -116,11 +116,11 @@ def summarise(metrics_by_stage: dict[str, list[dict]]) -> list[str]:
     lines = []
     for stage, records in metrics_by_stage.items():
         parts = []
-        for label, field, decimals in SUMMARY:
+        for label, field, decimals, unit in SUMMARY:
             values = sorted(v for v in map(field, records) if v is not None)
             if values:
                 middle, low, high = (_number(v, decimals) for v in (float(np.median(values)), values[0], values[-1]))
-                parts.append(f"{label} {middle} ({low}-{high})")
+                parts.append(f"{label} {middle} ({low}-{high}){unit}")
         if parts:
             lines.append(f"  {stage}, {len(records)} video(s): " + ", ".join(parts))
     if lines:
