@@ -78,6 +78,8 @@ def test_motion_saturates_at_the_search_range_and_tiny_or_single_frames_have_non
     one_frame = texture(64, 64)[None]
     assert video_metrics.flicker(one_frame) is None and video_metrics.motion(one_frame) is None
     assert video_metrics.motion(np.repeat(texture(16, 16)[None], 3, axis=0)) is None  # no block fits
+    small = np.repeat(texture(8, 8)[None], 2, axis=0)
+    assert video_metrics.measure(small, small)["drift_from_original"] == {"psnr_db": "inf", "ssim": None}  # no window fits
 
 
 # -- drift ------------------------------------------------------------------------------------------

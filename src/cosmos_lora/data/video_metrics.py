@@ -1,7 +1,8 @@
 """Weight-free video metrics: flicker, motion, and the drift of one video from another (numpy only).
 
-They need no model download and take a second or two per 121x704x1280 video on one CPU core, so
-`infer` and the validation samples of `posttrain` compute them for every video they write:
+They need no model download and take seconds per 121x704x1280 video on one CPU core (minutes
+are spent making it), so `infer` and the validation samples of `posttrain` compute them for every
+video they write:
 
 - **flicker**: the mean absolute difference between consecutive frames, over every pixel and RGB
   channel, on the 0-255 scale. A static video has 0; a video whose every frame is d brighter than
@@ -10,15 +11,15 @@ They need no model download and take a second or two per 121x704x1280 video on o
   of a grey, downscaled copy, found by exhaustive block matching with a parabola through the
   neighbouring costs for sub-pixel steps. Each frame's mean brightness is removed first, so a
   global brightness change is not motion; textureless blocks count as still, and motion faster
-  than `SEARCH` working pixels per frame is counted as that much.
+  than `SEARCH` working pixels per frame is not found (it reads lower).
 - **drift** of a LoRA video from the base video of the same seed: PSNR over the whole video (all
   frames and channels, 0-255; infinite when identical) and SSIM (Wang et al. 2004: Gaussian
   window of 11 taps with sigma 1.5, K1 0.01, K2 0.03, on the luma, after their box downsampling of
   large frames) averaged over frames; 1 when identical.
 
 `measure` returns what a sidecar stores. JSON holds no infinity, so an infinite PSNR is stored as
-the string "inf" (`float("inf")` reads it back); a one-frame video has no flicker or motion (null), nor has a video under 18 pixels
-on a side any motion.
+the string "inf" (`float("inf")` reads it back). A one-frame video has no flicker or motion, a
+video under 18 pixels on a side no motion and one under 11 no SSIM: those are None (null).
 """
 
 import math
@@ -62,9 +63,12 @@ def psnr(frames: np.ndarray, reference: np.ndarray) -> float:
     return math.inf if mse == 0 else float(10 * math.log10(255.0**2 / mse))
 
 
-def ssim(frames: np.ndarray, reference: np.ndarray) -> float:
-    """Mean over frames of the luma SSIM of uint8 frames against a reference of the same shape; 1 when identical."""
+def ssim(frames: np.ndarray, reference: np.ndarray) -> float | None:
+    """Mean over frames of the luma SSIM of uint8 frames against a reference of the same shape; 1 when
+    identical (None for frames smaller than the window)."""
     factor = max(1, round(min(frames.shape[1:3]) / 256))  # Wang et al.'s downsampling of large frames
+    if min(frames.shape[1:3]) < SSIM_TAPS:
+        return None
     window = _gaussian(SSIM_TAPS, SSIM_SIGMA)
     return float(np.mean([
         _ssim_frame(_box_down(_luma(a), factor), _box_down(_luma(b), factor), window) for a, b in zip(frames, reference)
@@ -99,7 +103,8 @@ def describe(metrics: dict) -> str:
     if metrics.get("motion_px_per_frame") is not None:
         parts.append(f"motion {metrics['motion_px_per_frame']:.2f} px/frame")
     if drift := metrics.get("drift_from_original"):
-        parts.append(f"drift from original: PSNR {_number(from_json(drift['psnr_db']), 1)} dB, SSIM {drift['ssim']:.3f}")
+        ssim_text = "-" if drift["ssim"] is None else f"{drift['ssim']:.3f}"
+        parts.append(f"drift from original: PSNR {_number(from_json(drift['psnr_db']), 1)} dB, SSIM {ssim_text}")
     return " · ".join(parts)
 
 

@@ -46,7 +46,6 @@ _FIGURE = """<figure class="comparison" data-state="loading"><video src="{src}" 
 _NOTE = '<br><span class="metrics">{}</span>'
 
 
-
 def write_index(out_dir: Path, comparisons: list) -> Path:
     """`comparisons`: (job, compare video path, lines shown under it) triples; missing videos are left out."""
     figures = [
