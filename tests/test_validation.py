@@ -8,6 +8,7 @@ without it, and the samples are where the README says.
 
 import csv
 import gc
+import json
 import shutil
 from pathlib import Path
 
@@ -84,8 +85,13 @@ def test_validation_changes_no_training_state_and_leaks_nothing(roots):
 
     names = trainer.validator.prompts
     assert folder == trainer.run_dir / "samples" / "step_000002"
-    expected = {f"{p.name}_seed0{suffix}.mp4" for p in names for suffix in ("", "_ema")} | {"prompts.txt"}
+    expected = {f"{p.name}_seed0{suffix}.{ext}" for p in names for suffix in ("", "_ema") for ext in ("mp4", "json")} | {"prompts.txt"}
     assert {p.name for p in folder.iterdir()} == expected
+    for p in names:  # each sample's sidecar: what it is and its video metrics (tests/test_video_metrics.py)
+        for suffix in ("", "_ema"):
+            sidecar = json.loads((folder / f"{p.name}_seed0{suffix}.json").read_text())
+            assert (sidecar["prompt"], sidecar["seed"], sidecar["ema"]) == (p.text, 0, suffix == "_ema")
+            assert sidecar["metrics"]["flicker"] >= 0 and sidecar["metrics"]["motion_px_per_frame"] >= 0
     lines = (folder / "prompts.txt").read_text().splitlines()
     assert lines == [f"{p.name}\t{p.text}" for p in names] and [p.text for p in names] == list(trainer.config.trainer.validation.prompts)
 

@@ -20,8 +20,10 @@ figure {{ margin: 0; background: #1c1c1c; padding: .6rem; border-radius: 6px; }}
 figure[data-state="unplayable"] {{ outline: 2px solid #c44; }}
 video {{ width: 100%; display: block; }}
 figcaption {{ font-size: .85rem; margin-top: .4rem; }}
+.metrics {{ color: #aaa; font-size: .8rem; }}
 </style></head>
-<body><h1>{title}</h1><p>{count} comparisons. Left: base model. Right: with the LoRA. Same seed, same initial noise.</p>
+<body><h1>{title}</h1><p>{count} comparisons. Left: base model. Right: with the LoRA. Same seed, same initial noise.
+Under each: flicker (mean change between frames, 0-255), motion (pixels per frame) and the LoRA video's drift from the base one (PSNR, SSIM).</p>
 <div class="grid">
 {figures}
 </div>
@@ -40,14 +42,16 @@ for (const video of document.querySelectorAll("figure.comparison video")) {{
 </script></body></html>
 """
 _FIGURE = """<figure class="comparison" data-state="loading"><video src="{src}" controls loop muted playsinline preload="metadata"></video>
-<figcaption><b>seed {seed}</b> &mdash; {prompt} &middot; <a href="{src}">mp4</a></figcaption></figure>"""
+<figcaption><b>seed {seed}</b> &mdash; {prompt} &middot; <a href="{src}">mp4</a>{notes}</figcaption></figure>"""
+_NOTE = '<br><span class="metrics">{}</span>'
 
 
 def write_index(out_dir: Path, comparisons: list) -> Path:
-    """`comparisons`: (job, compare video path) pairs; missing videos are left out."""
+    """`comparisons`: (job, compare video path, lines shown under it) triples; missing videos are left out."""
     figures = [
-        _FIGURE.format(src=html.escape(quote(path.relative_to(out_dir).as_posix())), seed=job.seed, prompt=html.escape(job.prompt.text))
-        for job, path in comparisons
+        _FIGURE.format(src=html.escape(quote(path.relative_to(out_dir).as_posix())), seed=job.seed, prompt=html.escape(job.prompt.text),
+                       notes="".join(_NOTE.format(html.escape(line)) for line in notes))
+        for job, path, notes in comparisons
         if path.is_file()
     ]
     page = _PAGE.format(title=html.escape(out_dir.name), count=len(figures), figures="\n".join(figures))

@@ -20,6 +20,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from cosmos_lora.data import video_metrics
 from cosmos_lora.data.video import side_by_side, write_video
 from cosmos_lora.errors import UserError
 from cosmos_lora.files import atomic_write
@@ -330,7 +331,8 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
                     break
                 timings["seconds"] = round(time.perf_counter() - started, 3)
                 if generator.writes:
-                    written.append(_write_stage(settings, job, stage, outputs[stage], latents, timings))
+                    base = outputs.get("original") if stage == "lora" else None  # drift: same seed, base model
+                    written.append(_write_stage(settings, job, stage, outputs[stage], latents, timings, base))
                 progress.advance(videos_task)
                 if generator.writes:
                     progress.note(f"video {len(written)}/{len(todo) * len(stages)} ({timings['seconds']:.0f} s): {written[-1]}")
@@ -346,15 +348,16 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
 
 
 def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, latents: torch.Tensor,
-                 timings: dict) -> Path:
-    """The video (and latents), then `prompt.txt`, then the sidecar (what made the video, then timings): a
-    video without its sidecar, or with an older one, counts as unfinished."""
+                 timings: dict, base: np.ndarray | None) -> Path:
+    """The video (and latents), then `prompt.txt`, then the sidecar (what made the video, timings, and its
+    `video_metrics`, with the drift from `base`): a video without its sidecar, or with an older one, counts
+    as unfinished."""
     path = video_path(settings.out_dir, stage, job)
     write_video(path, frames, settings.fps)
     if settings.save_latents:
         atomic_write(latents_path(path), safetensors.torch.save({"latents": latents.float().cpu().contiguous()}))
     _write_text(path.parent / "prompt.txt", job.prompt.text + "\n")
-    meta = made_of(settings, job, stage) | timings | settings.extra_meta
+    meta = made_of(settings, job, stage) | timings | {"metrics": video_metrics.measure(frames, base)} | settings.extra_meta
     _write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
     return path
 
@@ -364,7 +367,25 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def finish(settings: InferSettings, jobs: list[Job]) -> Path | None:
-    """The browsable index of every comparison (main process, after all processes are done)."""
+    """The video metrics summed up on stderr, and the browsable index of every comparison with each
+    one's metrics (main process, after all processes are done)."""
+    metrics = [recorded_metrics(settings, job) for job in jobs]
+    by_stage = {STAGE_LABELS[s]: [m[s] for m in metrics if s in m] for s in STAGES[settings.stages]}
+    for line in video_metrics.summarise(by_stage):
+        print(line, file=sys.stderr)
     if settings.stages != "both":
         return None
-    return write_index(settings.out_dir, [(j, compare_path(settings.out_dir, j)) for j in jobs])
+    notes = [[f"{STAGE_LABELS[s]}: {video_metrics.describe(m[s])}" for s in STAGES[settings.stages] if s in m] for m in metrics]
+    return write_index(settings.out_dir, [(j, compare_path(settings.out_dir, j), n) for j, n in zip(jobs, notes)])
+
+
+def recorded_metrics(settings: InferSettings, job: Job) -> dict[str, dict]:
+    """Stage -> the `metrics` its sidecar records (stages without a readable one are left out)."""
+    found = {}
+    for stage in STAGES[settings.stages]:
+        sidecar = video_path(settings.out_dir, stage, job).with_suffix(".json")
+        try:
+            found[stage] = json.loads(sidecar.read_text(encoding="utf-8"))["metrics"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
+            continue  # not made (a failed job) or made before metrics were recorded
+    return found

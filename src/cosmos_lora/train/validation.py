@@ -2,6 +2,8 @@
 
     <run>/samples/step_000200/<prompt-slug>_seed<k>.mp4       the raw LoRA weights of that step
     <run>/samples/step_000200/<prompt-slug>_seed<k>_ema.mp4   their EMA (with trainer.validation.ema)
+    <run>/samples/step_000200/<prompt-slug>_seed<k>[_ema].json prompt, seed, weights and the video's
+                                                              flicker and motion (data/video_metrics.py)
     <run>/samples/step_000200/prompts.txt                     "<prompt-slug><TAB><prompt>" per line
 
 Rank 0 samples while the other ranks wait at a barrier. The prompts (and the official negative
@@ -16,6 +18,7 @@ are swapped out bit for bit. A run with validation ends with exactly the LoRA of
 without it (tests/test_validation.py).
 """
 
+import json
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from cosmos_lora.config import LazyDict
+from cosmos_lora.data import video_metrics
 from cosmos_lora.data.video import write_video
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.files import atomic_write
@@ -93,7 +97,10 @@ class Validator:
                 for prompt in self.prompts:
                     for seed in self.seeds:
                         frames = self.sample(net, tokenizer, prompt, seed)
-                        write_video(folder / f"{prompt.name}_seed{seed}{suffix}.mp4", frames, self.fps)
+                        video = folder / f"{prompt.name}_seed{seed}{suffix}.mp4"
+                        write_video(video, frames, self.fps)
+                        sidecar = {"prompt": prompt.text, "seed": seed, "ema": bool(suffix), "metrics": video_metrics.measure(frames)}
+                        _write_text(video.with_suffix(".json"), json.dumps(sidecar, indent=1))
 
     @torch.no_grad()
     def sample(self, net: torch.nn.Module, tokenizer: VideoTokenizer, prompt: Prompt, seed: int) -> np.ndarray:
