@@ -110,7 +110,7 @@ def test_a_video_made_from_anything_else_is_redone_not_reported_finished(cli_env
     assert_ok(result)
     assert "0 finished before, 2 videos written" in result.stderr
     assert np.abs(frames_of(lora_dir / "seed_0.mp4") - first).mean() > 1
-    assert json.loads((lora_dir / "seed_0.json").read_text())["adapter_sha256"] == adapters.from_file(lora).sha256
+    assert json.loads((lora_dir / "seed_0.json").read_text())["adapters"][0]["adapter_sha256"] == adapters.from_file(lora).sha256
 
 
 # -- 2. no all-black videos with exit 0 -------------------------------------------------------------
