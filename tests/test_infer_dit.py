@@ -145,7 +145,7 @@ def a_run(outputs, checkpoints):
     return run_dir
 
 
-def test_a_run_keeps_its_base_unless_dit_names_a_folder_under_the_checkpoints_root(cli_env):
+def test_a_run_keeps_its_base_unless_dit_names_a_folder_under_the_checkpoints_root(cli_env, two_loras):
     checkpoints = cli_env.outputs.parent / "checkpoints"  # a root holding an official-style post-trained folder
     shutil.copytree(cli_env.checkpoints, checkpoints)
     post_trained = other_dit(checkpoints / "Cosmos-Predict1-Tiny-Text2World_post-trained", seed=3)
@@ -153,9 +153,13 @@ def test_a_run_keeps_its_base_unless_dit_names_a_folder_under_the_checkpoints_ro
     roots = ["--checkpoints-dir", str(checkpoints)]
     assert_ok(cli(*roots, "infer", "--run", "shapes-lora", "--stages", "original", *FAST))
     assert sidecar(cli_env.outputs / "infer" / "shapes-lora", "original")["dit"] == str(checkpoints / TINY_DIT)
-    assert_ok(cli(*roots, "infer", "--run", "shapes-lora", "--dit", "Cosmos-Predict1-Tiny-Text2World_post-trained", *FAST))
-    out = cli_env.outputs / "infer" / "shapes-lora-on-Cosmos-Predict1-Tiny-Text2World_post-trained"
+    # with a --lora stacked on the run's adapter
+    assert_ok(cli(*roots, "infer", "--run", "shapes-lora", "--dit", "Cosmos-Predict1-Tiny-Text2World_post-trained",
+                  "--lora", f"{two_loras[0]}:0.5", *FAST))
+    out = cli_env.outputs / "infer" / "shapes-lora+sports-on-Cosmos-Predict1-Tiny-Text2World_post-trained"
     assert {sidecar(out, stage)["dit"] for stage in ("original", "lora")} == {str(post_trained)}
+    run_adapter = cli_env.outputs / "runs" / "shapes-lora" / "adapters" / "step_000010.safetensors"
+    assert [(a["adapter"], a["weight"]) for a in sidecar(out, "lora")["adapters"]] == [(str(run_adapter), 1.0), (str(two_loras[0]), 0.5)]
 
 
 # -- cache: a video is never reused from another checkpoint ---------------------------------------------

@@ -21,7 +21,7 @@ def merge(
 
     Host memory stays at about one weight matrix: the base is never loaded, unchanged tensors are
     copied file to file. The result loads wherever the base does (official inference as a
-    post-trained model, `cosmos-lora infer`), with no LoRA support needed.
+    post-trained model, `cosmos-lora infer --dit`), with no LoRA support needed.
     """
     from cosmos_lora.cli.lora_option import parse_weighted
     from cosmos_lora.files import check_not_an_input
