@@ -127,7 +127,8 @@ def test_dit_is_the_original_stage_and_is_named_in_sidecars_plan_and_gallery(cli
         assert (meta["dit"], meta["dit_fingerprint"]) == (str(dit), base_fingerprint(dit))
         assert sidecar(cli_env.outputs / "infer" / "own", stage)["dit"] == str(own)
         assert (latents(out, stage) - latents(cli_env.outputs / "infer" / "own", stage)).abs().max() > 0.01  # another model
-    assert json.loads((out / "plan.json").read_text())["settings"]["dit"] == str(dit)
+    plan = json.loads((out / "plan.json").read_text())
+    assert (plan["settings"]["dit"], plan["dit_fingerprint"]) == (str(dit), base_fingerprint(dit))
     gallery = (out / "index.html").read_text()
     assert f"Left: <span class=\"original\">DiT {dit} (fingerprint {base_fingerprint(dit)})" in gallery
     assert f"with LoRA {ours} x 1" in gallery

@@ -198,11 +198,10 @@ def made_of(settings: InferSettings, job: Job, stage: str) -> dict:
     for the LoRA stage, every adapter (file, sha256, weight, scale). `job_done` counts a video only when
     these match."""
     recorded = {k: v for k, v in settings.to_json().items() if k not in RERUN_MAY_CHANGE | ADAPTER_SETTINGS}
-    size, modified = _stamp(settings.dit)
     meta = {
         "prompt": job.prompt.text, "negative_prompt": job.prompt.negative, "prompt_name": job.prompt.name,
-        "seed": job.seed, "stage": stage, **recorded, "dit_fingerprint": _fingerprint(settings.dit, size, modified),
-        "dit_modified_ns": modified,
+        "seed": job.seed, "stage": stage, **recorded, "dit_fingerprint": dit_fingerprint(settings.dit),
+        "dit_modified_ns": _stamp(settings.dit)[1],
     }
     if stage == "lora":
         meta["adapters"] = [
@@ -239,6 +238,11 @@ def _stamp(path: Path) -> tuple[int, int]:
     return info.st_size, info.st_mtime_ns
 
 
+def dit_fingerprint(dit: Path) -> str:
+    """`base_fingerprint` of the DiT checkpoint, computed once per version of the file."""
+    return _fingerprint(dit, *_stamp(dit))
+
+
 @functools.lru_cache(maxsize=8)
 def _fingerprint(path: Path, size: int, mtime: int) -> str:
     return base_fingerprint(Path(path))
@@ -251,7 +255,7 @@ def _adapter_description(path: Path, stated_scale: float | None, weight: float, 
 
 def describe_models(settings: InferSettings) -> tuple[str, str]:
     """What the original and the LoRA stage sample with, in words (the gallery's captions)."""
-    original = f"DiT {settings.dit} (fingerprint {_fingerprint(settings.dit, *_stamp(settings.dit))})"
+    original = f"DiT {settings.dit} (fingerprint {dit_fingerprint(settings.dit)})"
     scale = "" if settings.lora_scale == 1 else f", --lora-scale {settings.lora_scale:g}"
     loras = " + ".join(f"{a.file} x {a.weight:g}" for a in settings.adapters)
     return original, f"{original} with LoRA {loras}{scale}"
