@@ -19,7 +19,8 @@ def infer(
         help="FILE[:WEIGHT] (repeatable; with --run, added to its adapter): ours, diffusers/PEFT (file or save_pretrained "
         "folder), ComfyUI (.safetensors) or an official .pt. Several are applied together, each at WEIGHT x its scale, "
         "as `merge` adds them (default weight 1; for a file that records no scale, WEIGHT is the scale)."),
-    lora_scale: float = typer.Option(None, help="Multiplies every adapter's scale (default 1); for a file that records no scale, it is the scale."),
+    lora_scale: float = typer.Option(
+        None, help="Multiplies every adapter's scale (default 1); for a file that records no scale, it is the scale."),
     dit: Path = typer.Option(
         None, help="The DiT checkpoint (official format): a model.pt or its folder, as a path or under the checkpoints root "
         "(e.g. Cosmos-Predict1-7B-Text2World_post-trained, or a `merge` result). The original stage samples it and the "
@@ -76,7 +77,8 @@ def infer(
     height, width = resolution or m.resolution
     settings = InferSettings(
         out_dir=roots.outputs / "infer" / (name or _default_name(run, [path for path, _ in weighted], dit_file)),
-        dit=dit_file or roots.checkpoints / m.dit, tokenizer=roots.checkpoints / m.tokenizer, text_encoder=roots.checkpoints / m.text_encoder,
+        dit=dit_file or roots.checkpoints / m.dit,
+        tokenizer=roots.checkpoints / m.tokenizer, text_encoder=roots.checkpoints / m.text_encoder,
         pixel_chunk_duration=m.pixel_chunk_duration, stages=stages, steps=steps, guidance=guidance, fps=fps,
         height=height, width=width, frames=frames or m.num_frames, precision=m.precision, overwrite=overwrite,
         attention_backend=attention, compile=compile, fp8=fp8, offload=offload,
@@ -98,7 +100,8 @@ def infer(
     for adapter, weight in adapters if "lora" in STAGES[stages] else []:
         note(f"LoRA x {weight:g}: {adapter.summary()}; scale from {adapter.scale_origin}")
         if adapter.format == "official":
-            note("  official checkpoints do not store the LoRA scale: 1 is assumed (official LoRA inference applies 1); the weight and --lora-scale multiply it.")
+            note("  official checkpoints do not store the LoRA scale: 1 is assumed (official LoRA inference applies 1); "
+                 "the weight and --lora-scale multiply it.")
     plan = save_plan(settings, prompts, num_videos, seed)
     outcome = launch("cosmos_lora.infer.run", [str(plan)], Launch(processes))
     outcome.raise_unless_finished("every video was made", "rerun the same command: finished videos are kept.")

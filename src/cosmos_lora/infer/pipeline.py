@@ -133,7 +133,9 @@ def read_dit(dit: Path) -> tuple[dict[str, torch.Tensor], DiTSize]:
     try:
         size = size_from_state_dict(state)
     except (KeyError, IndexError, ValueError):
-        raise UserError(f"{dit} is not a Cosmos-Predict1 DiT checkpoint.", "pass an official-format model.pt (--dit), or drop --dit.") from None
+        raise UserError(
+            f"{dit} is not a Cosmos-Predict1 DiT checkpoint.", "pass an official-format model.pt (--dit), or drop --dit.",
+        ) from None
     if lora := [k for k in state if LORA_MARKER in k]:  # the network would be the base alone, its LoRA left out
         raise UserError(
             f"{dit} holds LoRA tensors ({lora[0]}): it is a LoRA post-trained checkpoint, not a DiT to sample.",
