@@ -25,7 +25,7 @@ from cosmos_lora.config import load_preset, resolved, save_config
 from cosmos_lora.data.video import probe_video, read_video
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.errors import EXIT_STOPPED
-from cosmos_lora.infer.pipeline import InferSettings, Text2WorldGenerator
+from cosmos_lora.infer.pipeline import InferSettings, StackedLora, Text2WorldGenerator
 from cosmos_lora.infer.prompts import plan_jobs, shard
 from cosmos_lora.model import lora_formats
 from cosmos_lora.model.prompts import DEFAULT_NEGATIVE_PROMPT, Prompt, prompt_folder
@@ -133,11 +133,12 @@ def test_both_writes_videos_sidecars_comparisons_and_index(cli_env, run_dir, tmp
             assert meta["negative_prompt"] == ("blurry" if name == "circle" else DEFAULT_NEGATIVE_PROMPT)
             assert meta["seconds"] > 0 and meta["process"] == "0/1"
             if stage == "lora":
-                assert meta["adapter"] == str(adapter) and meta["adapter_step"] == STEP and meta["adapter_ema"] is True
-                assert meta["adapter_sha256"] == hashlib.sha256(adapter.read_bytes()).hexdigest()
-                assert (meta["lora_rank"], meta["lora_scale"], meta["lora_blocks"]) == (4, 1.0, [0, 1])
+                [lora] = meta["adapters"]
+                assert lora["adapter"] == str(adapter) and lora["weight"] == 1.0 and lora["adapter_step"] == STEP and lora["adapter_ema"] is True
+                assert lora["adapter_sha256"] == hashlib.sha256(adapter.read_bytes()).hexdigest()
+                assert (lora["lora_rank"], lora["lora_scale"], lora["lora_blocks"]) == (4, 1.0, [0, 1])
             else:
-                assert "adapter" not in meta
+                assert "adapters" not in meta
         assert np.abs(stage_frames["original"] - stage_frames["lora"]).mean() > 5  # the LoRA changes the video
         # the comparison: a label strip above each panel, original left, LoRA right, 8 px apart
         compare = out / "compare" / name / f"seed_{seed}.mp4"
@@ -165,7 +166,7 @@ def test_zero_scale_lora_gives_the_original_frames_and_a_trained_one_does_not(cl
     assert np.array_equal(frames["zero", "original"], frames["zero", "lora"])
     assert np.array_equal(frames["zero", "original"], frames["trained", "original"])  # same seed, same noise
     assert np.abs(frames["trained", "original"] - frames["trained", "lora"]).mean() > 5
-    meta = json.loads((cli_env.outputs / "infer" / "zero" / "lora" / RED / "seed_0.json").read_text())
+    [meta] = json.loads((cli_env.outputs / "infer" / "zero" / "lora" / RED / "seed_0.json").read_text())["adapters"]
     assert (meta["lora_trained_scale"], meta["lora_scale_multiplier"], meta["lora_scale"]) == (1.0, 0.0, 0.0)
 
 
@@ -200,7 +201,7 @@ def test_fp8_videos_stay_close_to_the_plain_ones_and_the_plan_records_fp8(cli_en
 
 def test_no_ema_and_step_pick_the_raw_adapter_of_that_step(cli_env, run_dir):
     assert_ok(infer("--run", RUN, "--step", str(STEP), "--no-ema", "--stages", "lora", "-p", "a red square", *FAST))
-    meta = json.loads((cli_env.outputs / "infer" / RUN / "lora" / RED / "seed_0.json").read_text())
+    [meta] = json.loads((cli_env.outputs / "infer" / RUN / "lora" / RED / "seed_0.json").read_text())["adapters"]
     assert meta["adapter"] == str(run_dir / "adapters" / f"step_{STEP:06d}.safetensors") and meta["adapter_ema"] is False
 
 
@@ -221,7 +222,7 @@ def test_lora_accepts_our_diffusers_and_comfyui_files_with_the_same_result(cli_e
         result = infer("--model", "tiny", "--lora", str(tmp_path / f"{kind}.safetensors"), "--stages", "lora", "-p", "a red square", *FAST)
         assert_ok(result)
         lora_dir = cli_env.outputs / "infer" / kind / "lora" / RED
-        meta = json.loads((lora_dir / "seed_0.json").read_text())
+        [meta] = json.loads((lora_dir / "seed_0.json").read_text())["adapters"]
         expected_format = "cosmos-lora" if kind == "ours" else kind
         assert (meta["adapter_format"], meta["lora_rank"], meta["lora_scale"], meta["lora_blocks"]) == (expected_format, 4, 1.5, [0, 1])
         videos[kind] = frames_of(lora_dir / "seed_0.mp4")
@@ -235,7 +236,7 @@ def test_lora_accepts_official_flat_and_post_trained_checkpoints(cli_env, offici
     assert_ok(result)
     assert "1 is assumed" in result.stderr  # official files do not store their scale
     out = cli_env.outputs / "infer" / "flat"
-    meta = json.loads((out / "lora" / RED / "seed_0.json").read_text())
+    [meta] = json.loads((out / "lora" / RED / "seed_0.json").read_text())["adapters"]
     assert (meta["adapter_format"], meta["lora_rank"], meta["lora_scale"], meta["lora_blocks"]) == ("official", 4, 1.5, [0, 1])
     flat = frames_of(out / "lora" / RED / "seed_0.mp4")
     assert np.abs(flat - frames_of(out / "original" / RED / "seed_0.mp4")).mean() > 1
@@ -255,7 +256,7 @@ def test_official_lora_in_the_generator_matches_the_official_network(official_ba
     settings = InferSettings(
         out_dir=tmp_path, dit=official_base / TINY_DIT, tokenizer=official_base / TINY_TOKENIZER,
         text_encoder=official_base / TINY_T5, pixel_chunk_duration=FRAMES, precision="fp32",
-        adapter_file=fixtures_dir / "dit_tiny_lora_native.pt", lora_scale=1.5,
+        adapters=[StackedLora(fixtures_dir / "dit_tiny_lora_native.pt")], lora_scale=1.5,
     )
     generator = Text2WorldGenerator(settings, torch.device("cpu"))
     io = load_file(fixtures_dir / "dit_tiny_lora_io.safetensors")

@@ -110,7 +110,7 @@ def test_a_video_made_from_anything_else_is_redone_not_reported_finished(cli_env
     assert_ok(result)
     assert "0 finished before, 2 videos written" in result.stderr
     assert np.abs(frames_of(lora_dir / "seed_0.mp4") - first).mean() > 1
-    assert json.loads((lora_dir / "seed_0.json").read_text())["adapter_sha256"] == adapters.from_file(lora).sha256
+    assert json.loads((lora_dir / "seed_0.json").read_text())["adapters"][0]["adapter_sha256"] == adapters.from_file(lora).sha256
 
 
 # -- 2. no all-black videos with exit 0 -------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_a_peft_save_pretrained_adapter_is_applied_at_lora_alpha_over_r(cli_env,
     for name, path in (("folder", tmp_path / "peft"), ("file", tmp_path / "peft" / "adapter_model.safetensors"), ("ours", tmp_path / "ours.safetensors")):
         assert_ok(cli("infer", "--model", "tiny", "--lora", str(path), "--stages", "lora", "--name", name, "-p", "a red square", *FAST))
         lora_dir = cli_env.outputs / "infer" / name / "lora" / prompt_folder("a red square")
-        meta = json.loads((lora_dir / "seed_0.json").read_text())
+        [meta] = json.loads((lora_dir / "seed_0.json").read_text())["adapters"]
         assert meta["lora_scale"] == 2.0, meta
         videos[name] = frames_of(lora_dir / "seed_0.mp4")
     assert "adapter_config.json" in meta["lora_scale_origin"] or name == "ours"
@@ -212,7 +212,7 @@ def test_a_file_whose_scale_cannot_be_known_needs_it_stated(cli_env, tmp_path):
     assert not (cli_env.outputs / "infer").exists() and not (tmp_path / "m.pt").exists()
 
     assert_ok(cli("infer", "--model", "tiny", "--lora", str(bare), "--lora-scale", "2", "--stages", "lora", "-p", "x", *FAST))
-    meta = json.loads((cli_env.outputs / "infer" / "bare" / "lora" / prompt_folder("x") / "seed_0.json").read_text())
+    [meta] = json.loads((cli_env.outputs / "infer" / "bare" / "lora" / prompt_folder("x") / "seed_0.json").read_text())["adapters"]
     assert (meta["lora_scale"], meta["lora_scale_origin"]) == (2.0, "--lora-scale (the file records none)")
 
     # merge reads the same scales: the PEFT file at alpha / r = 2 equals the bare file stated at 2

@@ -32,7 +32,7 @@ def demo(
     from cosmos_lora.data.synthetic import make_synthetic_dataset
     from cosmos_lora.distributed import Launch, init_distributed, visible_gpus
     from cosmos_lora.infer.adapters import from_run
-    from cosmos_lora.infer.pipeline import InferSettings
+    from cosmos_lora.infer.pipeline import InferSettings, StackedLora
     from cosmos_lora.infer.prompts import read_prompts
     from cosmos_lora.infer.run import run_plan, save_plan
     from cosmos_lora.model.tiny import write_tiny_checkpoints
@@ -66,7 +66,7 @@ def demo(
     settings = InferSettings(
         out_dir=out_dir, dit=paths["dit"], tokenizer=paths["tokenizer"], text_encoder=paths["text_encoder"],
         pixel_chunk_duration=config.model.pixel_chunk_duration, stages="both", height=height, width=width,
-        frames=config.model.num_frames, precision=config.model.precision, adapter_file=from_run(run).source,
+        frames=config.model.num_frames, precision=config.model.precision, adapters=[StackedLora(from_run(run).source)],
     )
     plan = save_plan(settings, read_prompts(DEMO_PROMPTS, None, None), num_videos=1, seed=0)
     _, index = run_plan(plan, init_distributed())

@@ -14,8 +14,17 @@ def infer(
     run: str = typer.Option(None, help="Run name (in <outputs>/runs) or folder: its adapter, model and size."),
     step: int = typer.Option(None, help="The run's adapter at this step (default: latest)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the run saved them."),
-    lora: Path = typer.Option(None, help="A LoRA file instead of --run: ours, diffusers/PEFT (file or save_pretrained folder) or ComfyUI (.safetensors), or an official .pt."),
-    lora_scale: float = typer.Option(None, help="Multiplies the adapter's trained scale (default 1); for a file that records no scale, it is the scale."),
+    lora: list[str] = typer.Option(
+        None, "--lora",
+        help="FILE[:WEIGHT] (repeatable; with --run, added to its adapter): ours, diffusers/PEFT (file or save_pretrained "
+        "folder), ComfyUI (.safetensors) or an official .pt. Several are applied together, each at WEIGHT x its scale, "
+        "as `merge` adds them (default weight 1; for a file that records no scale, WEIGHT is the scale)."),
+    lora_scale: float = typer.Option(
+        None, help="Multiplies every adapter's scale (default 1); for a file that records no scale, it is the scale."),
+    dit: Path = typer.Option(
+        None, help="The DiT checkpoint (official format): a model.pt or its folder, as a path or under the checkpoints root "
+        "(e.g. Cosmos-Predict1-7B-Text2World_post-trained, or a `merge` result). The original stage samples it and the "
+        "LoRAs go on it; its size picks the tokenizer and text encoder (default: the run's, else --model's)."),
     prompt: list[str] = typer.Option(None, "--prompt", "-p", help="A prompt (repeatable)."),
     prompts_file: Path = typer.Option(None, help=".txt (one per line) or .jsonl (prompt, negative_prompt, seed, name)."),
     negative_prompt: str = typer.Option(None, help="Unconditional branch (default: the official negative prompt)."),
@@ -28,7 +37,7 @@ def infer(
     resolution: tuple[int, int] | None = typer.Option(None, metavar="H W", help="Height and width (default: the run's, else 704 1280)."),
     frames: int = typer.Option(None, help="Frames, 1+8k (default: the run's, else 121)."),
     model: str = typer.Option(None, help="7b, 14b or tiny: the preset's checkpoint when no --run gives it (default: 7b); the size is read from the checkpoint."),
-    name: str = typer.Option(None, help="Output folder name under <outputs>/infer (default: the run or LoRA name)."),
+    name: str = typer.Option(None, help="Output folder name under <outputs>/infer (default: the run and LoRA names, '-on-' the --dit's)."),
     nproc: int = typer.Option(None, help="Processes (one per GPU) (default: visible GPUs, 1 on CPU)."),
     gpus_per_video: int = typer.Option(
         None, help="Processes that make one video together (default: as many as keep every process busy: "
@@ -43,72 +52,70 @@ def infer(
     fp8: bool = typer.Option(False, "--fp8", help="FP8 matmuls for the DiT's attention/MLP (Hopper/Ada GPUs; faster, slightly different videos)."),
     offload: bool = typer.Option(False, "--offload", help="Small GPUs: only the current phase's model on the GPU."),
 ) -> None:
-    """Generate every prompt x seed with the base model and/or the LoRA, models loaded once.
+    """Generate every prompt x seed with the base model and/or the LoRAs, models loaded once.
 
     Writes <outputs>/infer/<name>/{original,lora,compare}/<prompt>/seed_<k>.mp4 with prompt.txt and
-    seed_<k>.json beside them, and index.html showing every comparison.
+    seed_<k>.json (the DiT checkpoint and every adapter, with their hashes) beside them, and index.html
+    showing every comparison.
     """
-    from cosmos_lora.config import load_preset
+    from cosmos_lora.cli.lora_option import parse_weighted
     from cosmos_lora.distributed import Launch, default_nproc, external_launch, launch
-    from cosmos_lora.infer import adapters
-    from cosmos_lora.infer.pipeline import InferSettings, check_model, check_settings, job_done, video_tokens
+    from cosmos_lora.infer.pipeline import InferSettings, StackedLora, check_model, check_settings, job_done, video_tokens
     from cosmos_lora.infer.prompts import STAGES, plan_jobs, read_prompts
     from cosmos_lora.infer.run import save_plan
     from cosmos_lora.model.parallel import choose_layout
     from cosmos_lora.model import lora_formats
-    from cosmos_lora.run_folder import RunFolder
-    from cosmos_lora.model.adapter_files import from_file
+    from cosmos_lora.model.checkpoint import locate_dit
+    from cosmos_lora.model.dit import size_name
 
-    _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name, gpus_per_video)
+    _check_options(stages, run, dit, step, model, num_videos, seed, nproc, name, gpus_per_video)
     roots = ctx.obj
-    adapter = None
-    if run:
-        run_folder = RunFolder.resolve(run, roots.runs)
-        adapter = adapters.from_run(run_folder, step, ema)
-        config = load_preset(run_folder.config_file)
-    else:
-        config = load_preset(MODEL_PRESETS[model or "7b"])
-        # a file that records no scale is taken at 1 x --lora-scale only when --lora-scale is given
-        adapter = from_file(lora, None if lora_scale is None else 1.0) if lora else None
+    weighted = [parse_weighted(item, "--lora") for item in lora or []]
+    dit_file = locate_dit(dit, roots.checkpoints) if dit else None
+    config, adapters = _model_and_adapters(roots, run, step, ema, model, dit_file, weighted, lora_scale)
     m = config.model
     height, width = resolution or m.resolution
     settings = InferSettings(
-        out_dir=roots.outputs / "infer" / (name or (Path(run).name if run else lora.stem if lora else "base")),
-        dit=roots.checkpoints / m.dit, tokenizer=roots.checkpoints / m.tokenizer, text_encoder=roots.checkpoints / m.text_encoder,
+        out_dir=roots.outputs / "infer" / (name or _default_name(run, [path for path, _ in weighted], dit_file)),
+        dit=dit_file or roots.checkpoints / m.dit,
+        tokenizer=roots.checkpoints / m.tokenizer, text_encoder=roots.checkpoints / m.text_encoder,
         pixel_chunk_duration=m.pixel_chunk_duration, stages=stages, steps=steps, guidance=guidance, fps=fps,
         height=height, width=width, frames=frames or m.num_frames, precision=m.precision, overwrite=overwrite,
         attention_backend=attention, compile=compile, fp8=fp8, offload=offload,
-        adapter_file=adapter.source if adapter else None,
-        official_lora_scale=1.0 if adapter and adapter.scale_origin == lora_formats.STATED else None,
+        adapters=[
+            StackedLora(a.source, weight, 1.0 if a.scale_origin == lora_formats.STATED else None) for a, weight in adapters
+        ],
         lora_scale=1.0 if lora_scale is None else lora_scale, cfg_parallel=cfg_parallel, save_latents=save_latents,
     )
     check_settings(settings)
     prompts = read_prompts(prompt or [], prompts_file, negative_prompt)
-    size = check_model(settings, adapter)  # nothing is written before this passes
+    size = check_model(settings, [a for a, _ in adapters])  # nothing is written before this passes
     processes = external.world_size if (external := external_launch()) else nproc or default_nproc()
     todo = [job for job in plan_jobs(prompts, num_videos, seed) if overwrite or not job_done(settings, job)]
     layout = choose_layout(processes, len(todo), size.num_attention_heads, video_tokens(settings), gpus_per_video, cfg_parallel)
     settings.gpus_per_video = layout.per_video
     if layout.per_video > 1:
         note(layout.describe())
-    if adapter and "lora" in STAGES[stages]:
-        note(f"LoRA: {adapter.summary()}; scale from {adapter.scale_origin}")
+    note(f"DiT: {settings.dit} ({size_name(size) or 'a size of its own'})")
+    for adapter, weight in adapters if "lora" in STAGES[stages] else []:
+        note(f"LoRA x {weight:g}: {adapter.summary()}; scale from {adapter.scale_origin}")
         if adapter.format == "official":
-            note("Official checkpoints do not store the LoRA scale: 1 is assumed (official LoRA inference applies 1), --lora-scale multiplies it.")
+            note("  official checkpoints do not store the LoRA scale: 1 is assumed (official LoRA inference applies 1); "
+                 "the weight and --lora-scale multiply it.")
     plan = save_plan(settings, prompts, num_videos, seed)
     outcome = launch("cosmos_lora.infer.run", [str(plan)], Launch(processes))
     outcome.raise_unless_finished("every video was made", "rerun the same command: finished videos are kept.")
     result(str(settings.out_dir))
 
 
-def _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name, gpus_per_video) -> None:
+def _check_options(stages, run, dit, step, model, num_videos, seed, nproc, name, gpus_per_video) -> None:
     """Option combinations, before anything is read."""
     from cosmos_lora.infer.prompts import STAGES
 
     if stages not in STAGES:
         raise UserError(f"Unknown --stages {stages!r}.", "use original, lora or both.")
-    if run and lora:
-        raise UserError("--run and --lora both choose the LoRA.", "give only one of them.")
+    if dit and model:
+        raise UserError("--dit names the checkpoint (its size picks the rest), --model a preset's.", "give only one of them.")
     if step is not None and not run:
         raise UserError("--step picks one of a run's adapters.", "use it with --run NAME.")
     if run and model:
@@ -126,11 +133,50 @@ def _check_options(stages, run, lora, step, model, num_videos, seed, nproc, name
         raise UserError(f"--name {name!r} is not a folder name.", "give a name without '/' (it goes under <outputs>/infer).")
 
 
+def _model_and_adapters(roots, run, step, ema, model, dit_file, weighted, lora_scale) -> tuple:
+    """The model config (the run's; else --model's, or the preset for the --dit's size) and every adapter
+    of the LoRA stage with the weight it goes in with (the run's at 1, then each --lora)."""
+    from cosmos_lora.config import load_preset
+    from cosmos_lora.infer.adapters import from_run
+    from cosmos_lora.infer.pipeline import read_dit
+    from cosmos_lora.model.adapter_files import from_file
+    from cosmos_lora.model.dit import size_name
+    from cosmos_lora.run_folder import RunFolder
+
+    adapters = []
+    if run:
+        run_folder = RunFolder.resolve(run, roots.runs)
+        adapters.append((from_run(run_folder, step, ema), 1.0))
+        config = load_preset(run_folder.config_file)
+    else:
+        config = load_preset(MODEL_PRESETS[model or (_preset_of(size_name(read_dit(dit_file)[1])) if dit_file else "7b")])
+    for path, weight in weighted:
+        # a file that records no scale is taken at 1 x WEIGHT x --lora-scale only when one of them is given
+        stated = weight is not None or lora_scale is not None
+        adapters.append((from_file(path, 1.0 if stated else None), 1.0 if weight is None else weight))
+    return config, adapters
+
+
+def _preset_of(size: str | None) -> str:
+    """The model preset (tokenizer, text encoder, video size) for a DiT of a known size; the 7B's otherwise."""
+    return {"14b": "14b", "tiny": "tiny", "tiny14b": "tiny"}.get(size, "7b")
+
+
+def _default_name(run: str | None, loras: list[Path], dit: Path | None) -> str:
+    """'<run>+<lora>-on-<dit>': what the videos come from; a checkpoint called model.pt is named by its folder."""
+    adapters = "+".join(([Path(run).name] if run else []) + [path.stem for path in loras])
+    checkpoint = (dit.parent.name if dit.name == "model.pt" else dit.stem) if dit else ""
+    return "-on-".join(part for part in (adapters, checkpoint) if part) or "base"
+
+
 def register(app: typer.Typer) -> None:
     app.command(epilog=examples(
         'cosmos-lora infer --run vript-sports_r16_iter1000_bs1_accum4_scale2_lr1e-04_seed0 --prompt "A surfer rides a wave" --stages both',
         "cosmos-lora infer --run <run> --prompts-file prompts.txt --num-videos 4 --step 500 --no-ema",
         "cosmos-lora infer --lora iter_000001000_model.pt --lora-scale 1.5 --prompts-file prompts.jsonl --stages lora",
+        'cosmos-lora infer --lora sports.safetensors --lora night.safetensors:0.5 --prompt "A surfer rides a wave"   # stacked',
+        'cosmos-lora infer --dit Cosmos-Predict1-7B-Text2World_post-trained --stages original --prompt "A surfer rides a wave"',
+        'cosmos-lora infer --run <run> --dit merged/model.pt --prompt "A surfer rides a wave"   # the run\'s LoRA on another base',
         'cosmos-lora infer --model 14b --stages original --prompt "A surfer rides a wave"',
         'cosmos-lora infer --model tiny --stages original --prompt "a red square" --steps 5',
         'cosmos-lora infer --run <run> --prompt "A surfer rides a wave" --nproc 8   # one video on all 8 GPUs',

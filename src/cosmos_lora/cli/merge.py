@@ -1,6 +1,5 @@
 """`cosmos-lora merge`: a base DiT checkpoint with one or more LoRAs merged in, written tensor by tensor."""
 
-import math
 from pathlib import Path
 
 import typer
@@ -22,15 +21,16 @@ def merge(
 
     Host memory stays at about one weight matrix: the base is never loaded, unchanged tensors are
     copied file to file. The result loads wherever the base does (official inference as a
-    post-trained model, `cosmos-lora infer`), with no LoRA support needed.
+    post-trained model, `cosmos-lora infer --dit`), with no LoRA support needed.
     """
+    from cosmos_lora.cli.lora_option import parse_weighted
     from cosmos_lora.files import check_not_an_input
     from cosmos_lora.model import adapter_files, lora_formats
     from cosmos_lora.model.merge import BaseCheckpoint, WeightedLora, merge_checkpoint
 
     if out.suffix != ".pt":
         raise UserError(f"--out {out} does not end in .pt.", f"name it {out.stem}.pt (official inference reads model.pt).")
-    items = [parse_adapter(item) for item in adapter]
+    items = [parse_weighted(item, "--adapter") for item in adapter]
     check_not_an_input(out, {"base checkpoint": base} | {f"adapter {path}": path for path, _ in items})
     checkpoint = BaseCheckpoint.open(base)
     loras = []
@@ -49,20 +49,6 @@ def merge(
     for line in lora_formats.official_inference_command(out, "merged", checkpoint.official_model()):
         note(f"  {line}")
     result(str(out))
-
-
-def parse_adapter(item: str) -> tuple[Path, float | None]:
-    """'a.safetensors:0.5' -> (a.safetensors, 0.5); without a weight, (a.safetensors, None)."""
-    path, sep, weight = item.rpartition(":")
-    if not sep or Path(item).exists():
-        return Path(item), None
-    try:
-        value = float(weight)
-    except ValueError:
-        raise UserError(f"--adapter {item!r}: {weight!r} is not a number.", "write FILE:WEIGHT, e.g. style.safetensors:0.7.") from None
-    if not math.isfinite(value):
-        raise UserError(f"--adapter {item!r}: the weight {weight} is not a finite number.", "write FILE:WEIGHT, e.g. style.safetensors:0.7.")
-    return Path(path), value
 
 
 def register(app: typer.Typer) -> None:

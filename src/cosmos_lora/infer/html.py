@@ -22,8 +22,9 @@ video {{ width: 100%; display: block; }}
 figcaption {{ font-size: .85rem; margin-top: .4rem; }}
 .metrics {{ color: #aaa; font-size: .8rem; }}
 </style></head>
-<body><h1>{title}</h1><p>{count} comparisons. Left: base model. Right: with the LoRA. Same seed, same initial noise.
+<body><h1>{title}</h1><p>{count} comparisons. Same seed, same initial noise.
 Under each: flicker (mean change between frames, 0-255), motion (pixels per frame) and the LoRA video's drift from the base one (PSNR, SSIM).</p>
+<p class="models">Left: <span class="original">{original}</span>.<br>Right: <span class="lora">{lora}</span>.</p>
 <div class="grid">
 {figures}
 </div>
@@ -46,13 +47,15 @@ _FIGURE = """<figure class="comparison" data-state="loading"><video src="{src}" 
 _NOTE = '<br><span class="metrics">{}</span>'
 
 
-def write_index(out_dir: Path, comparisons: list) -> Path:
-    """`comparisons`: (job, compare video path, lines shown under it) triples; missing videos are left out."""
+def write_index(out_dir: Path, comparisons: list, original: str = "the base model", lora: str = "with the LoRA") -> Path:
+    """`comparisons`: (job, compare video path, lines shown under it) triples; missing videos are left out.
+    `original`, `lora`: what each side was sampled with (the checkpoint, the adapters)."""
     figures = [
         _FIGURE.format(src=html.escape(quote(path.relative_to(out_dir).as_posix())), seed=job.seed, prompt=html.escape(job.prompt.text),
                        notes="".join(_NOTE.format(html.escape(line)) for line in notes))
         for job, path, notes in comparisons
         if path.is_file()
     ]
-    page = _PAGE.format(title=html.escape(out_dir.name), count=len(figures), figures="\n".join(figures))
+    page = _PAGE.format(title=html.escape(out_dir.name), count=len(figures), figures="\n".join(figures),
+                        original=html.escape(original), lora=html.escape(lora))
     return atomic_write(out_dir / "index.html", page)

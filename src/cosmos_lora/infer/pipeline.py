@@ -27,7 +27,9 @@ from cosmos_lora.files import atomic_write
 from cosmos_lora.infer.html import write_index
 from cosmos_lora.infer.prompts import STAGES, Job
 from cosmos_lora.model.adapter_files import Adapter, check_fits, from_file
-from cosmos_lora.model.checkpoint import base_fingerprint, read_official_checkpoint, split_official_state, unwrap_container
+from cosmos_lora.model.checkpoint import (
+    LORA_MARKER, base_fingerprint, read_official_checkpoint, split_official_state, unwrap_container,
+)
 from cosmos_lora.model.dit import DiTSize, size_from_state_dict
 from cosmos_lora.model.generation import VideoSettings, generate_video
 from cosmos_lora.model.network import BlockSettings, build_network
@@ -40,8 +42,21 @@ STAGE_LABELS = {"original": "original", "lora": "LoRA"}
 MAX_STEPS, MAX_FPS = 1000, 1000.0
 # settings that do not decide what a video looks like: a rerun into the same folder may change them
 RERUN_MAY_CHANGE = {"out_dir", "stages", "overwrite", "offload", "extra_meta", "gpus_per_video", "cfg_parallel", "save_latents"}
-# settings a LoRA video's sidecar records through `Adapter.describe` (the file, its hash, the scale used)
-ADAPTER_SETTINGS = {"adapter_file", "official_lora_scale", "lora_scale"}
+# settings a LoRA video's sidecar records through `Adapter.describe` (each file, its hash, the scale used)
+ADAPTER_SETTINGS = {"adapters", "lora_scale"}
+
+
+@dataclass(frozen=True)
+class StackedLora:
+    """One adapter of the LoRA stage (`--lora FILE[:WEIGHT]`, or a run's): every one is applied at once."""
+
+    file: Path  # any file `adapter_files.from_file` reads
+    weight: float = 1.0  # multiplies its scale, as `merge -a FILE:WEIGHT` does
+    stated_scale: float | None = None  # the scale of a file that records none (`from_file`'s `scale`)
+
+    def read(self, lora_scale: float = 1.0) -> Adapter:
+        """The adapter at weight x `lora_scale` times its own scale."""
+        return from_file(self.file, self.stated_scale).scaled(self.weight * lora_scale)
 
 
 @dataclass
@@ -60,9 +75,8 @@ class InferSettings:
     frames: int = 121
     precision: str = "bf16"
     overwrite: bool = False
-    adapter_file: Path | None = None  # any file `adapter_files.from_file` reads
-    official_lora_scale: float | None = None  # official files do not store their scale
-    lora_scale: float = 1.0  # multiplies the adapter's trained scale
+    adapters: list[StackedLora] = field(default_factory=list)  # the LoRA stage's adapters, stacked
+    lora_scale: float = 1.0  # multiplies every adapter's scale
     attention_backend: str = "cudnn"  # cudnn: fused cuDNN attention on GPUs; default: torch's choice
     compile: bool = True  # regional torch.compile of the DiT blocks on GPUs (see benchmarks/RESULTS.md)
     fp8: bool = False  # FP8 matmuls for the frozen attention/MLP linears (model/fp8.py)
@@ -77,12 +91,14 @@ class InferSettings:
         return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     def to_json(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        return json.loads(json.dumps(asdict(self), default=str))  # paths as text
 
     @classmethod
     def from_json(cls, raw: dict) -> "InferSettings":
-        paths = {"out_dir", "dit", "tokenizer", "text_encoder", "adapter_file"}
-        return cls(**{k: Path(v) if k in paths and v is not None else v for k, v in raw.items()})
+        paths = {"out_dir", "dit", "tokenizer", "text_encoder"}
+        settings = cls(**{k: Path(v) if k in paths and v is not None else v for k, v in raw.items()})
+        settings.adapters = [StackedLora(Path(a["file"]), a["weight"], a["stated_scale"]) for a in raw.get("adapters", [])]
+        return settings
 
 
 def check_settings(settings: InferSettings) -> None:
@@ -105,22 +121,35 @@ def check_settings(settings: InferSettings) -> None:
         raise UserError(f"--guidance {settings.guidance} is not a guidance strength (a finite number >= 0).", "use e.g. --guidance 7.")
     if not (math.isfinite(settings.fps) and 0 < settings.fps <= MAX_FPS):
         raise UserError(f"--fps {settings.fps} is not a frame rate (above 0, at most {MAX_FPS:g}).", "use e.g. --fps 24.")
-    for option, value in (("--lora-scale", settings.lora_scale), ("the adapter's scale", settings.official_lora_scale)):
-        if value is not None and not math.isfinite(value):
-            raise UserError(f"{option} {value} is not a finite number.", "use e.g. --lora-scale 1.")
-    if "lora" in STAGES[settings.stages] and settings.adapter_file is None:
+    for option, value in (("--lora-scale", settings.lora_scale), *((f"--lora {a.file}'s weight", a.weight) for a in settings.adapters)):
+        if not math.isfinite(value):
+            raise UserError(f"{option} {value} is not a finite number.", "use e.g. --lora-scale 1 or --lora FILE:0.5.")
+    if "lora" in STAGES[settings.stages] and not settings.adapters:
         raise UserError(f"--stages {settings.stages} needs a LoRA.", "pass --run NAME or --lora FILE, or use --stages original.")
 
 
-def check_model(settings: InferSettings, adapter: Adapter | None) -> DiTSize:
-    """What only the checkpoints can tell, before anything is loaded or written: the size fits the DiT,
-    the text encoder's width is the DiT's, and the adapter fits the DiT (tensors are memory-mapped).
-    Returns the DiT's size."""
-    state = unwrap_container(read_official_checkpoint(settings.dit))
+def read_dit(dit: Path) -> tuple[dict[str, torch.Tensor], DiTSize]:
+    """The DiT checkpoint's tensors (memory-mapped: nothing is read yet) and its size, read off them."""
+    state = unwrap_container(read_official_checkpoint(dit))
     try:
         size = size_from_state_dict(state)
     except (KeyError, IndexError, ValueError):
-        raise UserError(f"{settings.dit} is not a Cosmos-Predict1 DiT checkpoint.", "point the model at an official model.pt.") from None
+        raise UserError(
+            f"{dit} is not a Cosmos-Predict1 DiT checkpoint.", "pass an official-format model.pt (--dit), or drop --dit.",
+        ) from None
+    if lora := [k for k in state if LORA_MARKER in k]:  # the network would be the base alone, its LoRA left out
+        raise UserError(
+            f"{dit} holds LoRA tensors ({lora[0]}): it is a LoRA post-trained checkpoint, not a DiT to sample.",
+            "pass it as --lora FILE and its base model as --dit (or merge them: `cosmos-lora merge`).",
+        )
+    return state, size
+
+
+def check_model(settings: InferSettings, adapters: list[Adapter]) -> DiTSize:
+    """What only the checkpoints can tell, before anything is loaded or written: the size fits the DiT,
+    the text encoder's width is the DiT's, and every adapter fits the DiT (tensors are memory-mapped).
+    Returns the DiT's size."""
+    state, size = read_dit(settings.dit)
     latent = (latent_frames(settings.frames), settings.height // 8, settings.width // 8)
     if any(ours > most for ours, most in zip(latent, size.max_size)):
         t, h, w = size.max_size
@@ -140,9 +169,11 @@ def check_model(settings: InferSettings, adapter: Adapter | None) -> DiTSize:
             f"takes {size.text_embed_dim}-d.",
             "use the T5 that goes with the model (google-t5/t5-11b for Cosmos-Predict1).",
         )
-    if adapter is not None and "lora" in STAGES[settings.stages]:
+    if adapters and "lora" in STAGES[settings.stages]:
         network, _, _, _ = split_official_state(state)
-        check_fits(adapter, {k: v.shape for k, v in network.items()}, settings.dit)
+        fix = "pass --dit with the checkpoint it was trained on (a --run's own is the default), or leave this LoRA out."
+        for adapter in adapters:
+            check_fits(adapter, {k: v.shape for k, v in network.items()}, settings.dit, fix)
     return size
 
 
@@ -165,15 +196,20 @@ def compare_path(out_dir: Path, job: Job) -> Path:
 
 def made_of(settings: InferSettings, job: Job, stage: str) -> dict:
     """Everything that decides what a stage's video looks like, as its sidecar records it: the prompt, its
-    negative, the seed, every setting a rerun may not change, the base checkpoint's fingerprint and, for
-    the LoRA stage, the adapter (file, sha256, scale). `job_done` counts a video only when these match."""
+    negative, the seed, every setting a rerun may not change, the DiT checkpoint (path, fingerprint and
+    modification time: a file rewritten in place, e.g. by `merge`, may keep the sampled fingerprint) and,
+    for the LoRA stage, every adapter (file, sha256, weight, scale). `job_done` counts a video only when
+    these match."""
     recorded = {k: v for k, v in settings.to_json().items() if k not in RERUN_MAY_CHANGE | ADAPTER_SETTINGS}
     meta = {
         "prompt": job.prompt.text, "negative_prompt": job.prompt.negative, "prompt_name": job.prompt.name,
-        "seed": job.seed, "stage": stage, **recorded, "dit_fingerprint": _fingerprint(settings.dit, *_stamp(settings.dit)),
+        "seed": job.seed, "stage": stage, **recorded, "dit_fingerprint": dit_fingerprint(settings.dit),
+        "dit_modified_ns": _stamp(settings.dit)[1],
     }
     if stage == "lora":
-        meta |= _adapter_description(settings.adapter_file, settings.official_lora_scale, settings.lora_scale, *_stamp(settings.adapter_file))
+        meta["adapters"] = [
+            _adapter_description(a.file, a.stated_scale, a.weight, settings.lora_scale, *_stamp(a.file)) for a in settings.adapters
+        ]
     return json.loads(json.dumps(meta))  # as read back from the sidecar
 
 
@@ -205,14 +241,27 @@ def _stamp(path: Path) -> tuple[int, int]:
     return info.st_size, info.st_mtime_ns
 
 
+def dit_fingerprint(dit: Path) -> str:
+    """`base_fingerprint` of the DiT checkpoint, computed once per version of the file."""
+    return _fingerprint(dit, *_stamp(dit))
+
+
 @functools.lru_cache(maxsize=8)
 def _fingerprint(path: Path, size: int, mtime: int) -> str:
     return base_fingerprint(Path(path))
 
 
-@functools.lru_cache(maxsize=8)
-def _adapter_description(path: Path, official_scale: float | None, lora_scale: float, size: int, mtime: int) -> dict:
-    return from_file(path, official_scale).describe(lora_scale)
+@functools.lru_cache(maxsize=32)
+def _adapter_description(path: Path, stated_scale: float | None, weight: float, lora_scale: float, size: int, mtime: int) -> dict:
+    return {"weight": weight, **from_file(path, stated_scale).describe(weight * lora_scale)}
+
+
+def describe_models(settings: InferSettings) -> tuple[str, str]:
+    """What the original and the LoRA stage sample with, in words (the gallery's captions)."""
+    original = f"DiT {settings.dit} (fingerprint {dit_fingerprint(settings.dit)})"
+    scale = "" if settings.lora_scale == 1 else f", --lora-scale {settings.lora_scale:g}"
+    loras = " + ".join(f"{a.file} x {a.weight:g}" for a in settings.adapters)
+    return original, f"{original} with LoRA {loras}{scale}"
 
 
 class NonFinite(Exception):
@@ -229,11 +278,9 @@ class Text2WorldGenerator:
     def __init__(self, settings: InferSettings, device: torch.device, groups: VideoGroups | None = None):
         self.settings, self.device, self.groups = settings, device, groups
         self.dtype = settings.dtype
-        self.adapter = None
-        if settings.adapter_file is not None and "lora" in STAGES[settings.stages]:
-            self.adapter = from_file(settings.adapter_file, settings.official_lora_scale)
+        self.adapters = [a.read(settings.lora_scale) for a in settings.adapters] if "lora" in STAGES[settings.stages] else []
         self.net = build_network(
-            settings.dit, device, self.dtype, lora=self.adapter.scaled(settings.lora_scale) if self.adapter else None,
+            settings.dit, device, self.dtype, lora=self.adapters,
             fp8=settings.fp8, blocks=BlockSettings(compile=settings.compile, prefer_cudnn=settings.attention_backend == "cudnn"),
         ).net.eval()
         parallelize(self.net, groups)  # last: it splits the tokens of the network as assembled
@@ -242,7 +289,7 @@ class Text2WorldGenerator:
         self.video = VideoSettings(settings.frames, settings.height, settings.width, settings.fps, settings.steps, settings.guidance)
 
     def set_stage(self, stage: str) -> None:
-        if self.adapter is None:
+        if not self.adapters:
             return
         (self.net.enable_adapters if stage == "lora" else self.net.disable_adapters)()
 
@@ -376,7 +423,8 @@ def finish(settings: InferSettings, jobs: list[Job]) -> Path | None:
     if settings.stages != "both":
         return None
     notes = [[f"{STAGE_LABELS[s]}: {video_metrics.describe(m[s])}" for s in STAGES[settings.stages] if s in m] for m in metrics]
-    return write_index(settings.out_dir, [(j, compare_path(settings.out_dir, j), n) for j, n in zip(jobs, notes)])
+    original, lora = describe_models(settings)
+    return write_index(settings.out_dir, [(j, compare_path(settings.out_dir, j), n) for j, n in zip(jobs, notes)], original, lora)
 
 
 def recorded_metrics(settings: InferSettings, job: Job) -> dict[str, dict]:

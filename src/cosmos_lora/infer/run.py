@@ -15,7 +15,7 @@ import torch.distributed as dist
 from cosmos_lora.distributed import Distributed, run_worker
 from cosmos_lora.errors import UserError
 from cosmos_lora.files import atomic_write, require_writable
-from cosmos_lora.infer.pipeline import RERUN_MAY_CHANGE, InferSettings, finish, job_done, run_jobs
+from cosmos_lora.infer.pipeline import RERUN_MAY_CHANGE, InferSettings, dit_fingerprint, finish, job_done, run_jobs
 from cosmos_lora.infer.prompts import Job, Prompt, plan_jobs, shard
 from cosmos_lora.model.parallel import make_groups, video_layout
 
@@ -30,7 +30,10 @@ def save_plan(settings: InferSettings, prompts: list[Prompt], num_videos: int, s
     if path.is_file() and not settings.overwrite:
         _check_same_settings(json.loads(path.read_text())["settings"], settings.to_json(), settings.out_dir)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    plan = {"settings": settings.to_json(), "prompts": [asdict(p) for p in prompts], "num_videos": num_videos, "seed": seed}
+    plan = {
+        "settings": settings.to_json(), "dit_fingerprint": dit_fingerprint(settings.dit),
+        "prompts": [asdict(p) for p in prompts], "num_videos": num_videos, "seed": seed,
+    }
     atomic_write(path, json.dumps(plan, indent=1))
     return path
 

@@ -115,14 +115,16 @@ def _from_safetensors(path: Path, scale: float | None = None) -> Adapter:
     return Adapter(state, spec, path, kind, scale_origin=origin)
 
 
-def check_fits(adapter: Adapter, weight_shapes: dict[str, torch.Size], dit: Path) -> None:
+FITS_FIX = "use the base model the LoRA was trained on (--run uses the run's own model; --model picks 7b or tiny)."
+
+
+def check_fits(adapter: Adapter, weight_shapes: dict[str, torch.Size], dit: Path, fix: str = FITS_FIX) -> None:
     """The adapter's blocks exist in the base model and its matrices fit the layers they adapt.
 
     `weight_shapes`: the base network's weights in diffusers names (`transformer_blocks.0.attn1.to_q.weight`).
     """
     spec = adapter.spec
     blocks = 1 + max((int(k.split(".")[1]) for k in weight_shapes if k.startswith("transformer_blocks.")), default=-1)
-    fix = "use the base model the LoRA was trained on (--run uses the run's own model; --model picks 7b or tiny)."
     if max(spec.blocks) >= blocks:
         raise UserError(f"{adapter.source} has LoRA for block {max(spec.blocks)}, the base model {dit} has {blocks} blocks.", fix)
     for module in spec.module_names():

@@ -86,6 +86,24 @@ def base_fingerprint(path: Path, sample_bytes: int = 1 << 24) -> str:
     return digest.hexdigest()[:16]
 
 
+def locate_dit(given: Path, checkpoints: Path) -> Path:
+    """The checkpoint `--dit` names: a file, or a folder holding `model.pt` (as the official layout keeps
+    them, e.g. `Cosmos-Predict1-7B-Text2World_post-trained/`); as given, else under the checkpoints root."""
+    given = Path(given)
+    for path in (given,) if given.is_absolute() else (given, checkpoints / given):
+        if path.is_dir():
+            if not (path / "model.pt").is_file():
+                raise UserError(f"{path} holds no model.pt.", "pass the checkpoint file itself, or the folder that holds model.pt.")
+            return path / "model.pt"
+        if path.is_file():
+            return path
+    raise UserError(
+        f"No DiT checkpoint at {given}" + ("" if given.is_absolute() else f" nor at {checkpoints / given}") + ".",
+        "pass a model.pt or its folder, as a path or under the checkpoints root "
+        "(e.g. Cosmos-Predict1-7B-Text2World_post-trained; `cosmos-lora merge` writes one).",
+    )
+
+
 def unwrap_container(checkpoint: dict) -> dict[str, torch.Tensor]:
     """The flat state dict of a released (`{key: tensor}`) or post-trained (`{"model": ...}`) file."""
     return checkpoint["model"] if isinstance(checkpoint.get("model"), dict) else checkpoint

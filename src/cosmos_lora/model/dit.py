@@ -59,6 +59,11 @@ DIT_SIZES: dict[str, DiTSize] = {
 OFFICIAL_MODEL = {"7b": "7b", "14b": "14b", "tiny": "7b", "tiny14b": "14b"}
 
 
+def size_name(size: "DiTSize") -> str | None:
+    """'7b', '14b', 'tiny' or 'tiny14b' when `size` is a known size."""
+    return next((name for name, known in DIT_SIZES.items() if known == size), None)
+
+
 class CosmosDiT(CosmosTransformer3DModel):
     """`CosmosTransformer3DModel` called the way the official GeneralDIT is called.
 

@@ -152,6 +152,34 @@ def check_state_matches_spec(state: dict[str, torch.Tensor], spec: LoraSpec, sou
             raise UserError(f"{source}: {key} has rank {rank}, the spec says {spec.rank}.", "export it again.")
 
 
+def stack_loras(loras: list[tuple[dict[str, torch.Tensor], LoraSpec]],
+                weight_shapes: dict[str, torch.Size]) -> tuple[dict[str, torch.Tensor], LoraSpec]:
+    """Several LoRAs as one of rank sum(ranks) and scale 1, so that one set of LoRA layers applies them all
+    at once: down matrices stacked, up matrices side by side, each up times its own scale:
+
+        up' @ down' = sum_i scale_i * up_i @ down_i     (`merge` adds the same to the weights)
+
+    A weighted adapter comes with its weight in its scale (`Adapter.scaled`). A module some LoRA does not
+    adapt gets zeros in that LoRA's share (the spec covers every block and target of any of them);
+    `weight_shapes` (the base's weights, diffusers names) gives those zeros' sizes.
+    """
+    blocks = tuple(sorted({b for _, spec in loras for b in spec.blocks}))
+    targets = tuple(dict.fromkeys(t for _, spec in loras for t in spec.targets))
+    spec = LoraSpec(rank=sum(s.rank for _, s in loras), scale=1.0, blocks=blocks, targets=targets)
+    state = {}
+    for module in spec.module_names():
+        out_features, in_features = weight_shapes[f"{module}.weight"]
+        downs, ups = [], []
+        for tensors, own in loras:
+            down, up = tensors.get(f"{module}.lora_A.weight"), tensors.get(f"{module}.lora_B.weight")
+            if down is None:  # this LoRA leaves the module alone
+                down, up = torch.zeros(own.rank, in_features), torch.zeros(out_features, own.rank)
+            downs.append(down.float())
+            ups.append(up.float() * own.scale)
+        state[f"{module}.lora_A.weight"], state[f"{module}.lora_B.weight"] = torch.cat(downs), torch.cat(ups, dim=1)
+    return state, spec
+
+
 # --- the official cosmos-predict1 key format ------------------------------------------------------
 
 # our projection name -> the official LoRA module beside it (`to_out.0` is wrapped in `to_out`, so its LoRA is `to_out_lora`)

@@ -45,7 +45,7 @@ PEFT_FILE, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"  # w
 STATED = "--lora-scale (the file records none)"  # the origin of a scale the user gave
 SCALE_FIX = (
     "give the scale it was trained with (lora_alpha / r; 1 when trained without alpha): "
-    "`infer --lora-scale S`, `merge -a FILE:S`; or keep PEFT's adapter_config.json beside it as adapter_model.safetensors."
+    "`infer --lora FILE:S` (or --lora-scale S), `merge -a FILE:S`; or keep PEFT's adapter_config.json beside it as adapter_model.safetensors."
 )
 _DOWN_UP = {"lora_A.weight": "A", "lora_B.weight": "B", "lora_down.weight": "A", "lora_up.weight": "B"}
 

@@ -29,7 +29,7 @@ from cosmos_lora.errors import UserError
 from cosmos_lora.model.checkpoint import (
     LORA_MARKER, diffusers_to_official, read_official_checkpoint, split_official_state, unwrap_container,
 )
-from cosmos_lora.model.dit import DIT_SIZES, OFFICIAL_MODEL, size_from_state_dict
+from cosmos_lora.model.dit import OFFICIAL_MODEL, size_from_state_dict, size_name
 from cosmos_lora.model.lora import LoraSpec
 from cosmos_lora.files import publishing
 
@@ -87,8 +87,7 @@ class BaseCheckpoint:
 
     def size_name(self) -> str | None:
         """'7b', '14b', 'tiny' or 'tiny14b' when the architecture is a known size."""
-        size = size_from_state_dict(self.meta)
-        return next((name for name, known in DIT_SIZES.items() if known == size), None)
+        return size_name(size_from_state_dict(self.meta))
 
     def official_model(self) -> str:
         """'7b' or '14b': the official model this checkpoint is, or stands in for (7b when unknown)."""
