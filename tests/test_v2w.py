@@ -3,6 +3,8 @@ errors a user meets (parity with the official code is in test_parity_v2w.py)."""
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -80,3 +82,113 @@ def test_the_recipe_must_agree_with_the_checkpoint(cli_env):
     too_many = cli("posttrain", "--model", "tiny-v2w", "-d", "demo/shapes", "--dry-run", "--",
                    "model.video2world.condition_frames=[0,3]")
     assert_user_error(too_many, "condition_frames [0, 3]")
+
+
+# -- infer --image / --video --------------------------------------------------------------------------
+
+ORANGE = (230, 120, 30)
+
+
+def _image(path, colour=ORANGE, size=(48, 40), mode="RGB"):
+    from PIL import Image
+
+    Image.new(mode, size, colour).save(path)
+    return path
+
+
+def _v2w_lora(checkpoints, path, video2world=True):
+    from cosmos_lora.model.lora import add_lora, lora_state_dict, save_adapter, spec_for
+    from cosmos_lora.model.tiny import TINY_DIT_V2W
+
+    net, _ = load_official_dit(checkpoints / TINY_DIT_V2W)
+    spec = spec_for(len(net.transformer_blocks), rank=2, scale=1.0)
+    add_lora(net, spec, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    state = {k: v if ".lora_A." in k else 0.5 * torch.randn(v.shape, generator=generator) for k, v in lora_state_dict(net).items()}
+    save_adapter(path, state, spec, {"step": 5, "video2world": video2world})
+    return path
+
+
+def _round_trip(checkpoints, colour) -> np.ndarray:
+    """The mean colour of a flat image after the tiny tokenizer's encode and decode (its decoder ends in tanh)."""
+    from cosmos_lora.model.generation import VideoInput, VideoSettings
+    from cosmos_lora.model.tiny import TINY_TOKENIZER
+    from cosmos_lora.model.tokenizer import VideoTokenizer, video_to_uint8
+
+    tokenizer = VideoTokenizer(checkpoints / TINY_TOKENIZER, "cpu", torch.float32, 17)
+    pixels = VideoInput(np.full((1, 40, 48, 3), colour, np.uint8)).pixels(VideoSettings(17, 64, 64, 24, 3, 7))
+    return video_to_uint8(tokenizer.decode(tokenizer.encode(pixels))[0]).numpy()[0].reshape(-1, 3).mean(0)
+
+
+def test_image_conditioned_videos_start_from_the_image_and_record_it(cli_env, tmp_path):
+    import hashlib
+
+    from cli_helpers import assert_ok, cli
+    from cosmos_lora.data.video import read_video, probe_video
+
+    image = _image(tmp_path / "first.png")
+    lora = _v2w_lora(cli_env.checkpoints, tmp_path / "v2w.safetensors")
+    result = cli("infer", "--model", "tiny-v2w", "--lora", str(lora), "--image", str(image), "-p", "a red square",
+                 "--steps", "3", "--name", "v2w")
+    assert_ok(result)
+    out = cli_env.outputs / "infer" / "v2w"
+    videos = sorted(out.glob("*/*/seed_0.mp4"))
+    assert [v.parts[-3] for v in videos] == ["compare", "lora", "original"]
+    through_tokenizer = _round_trip(cli_env.checkpoints, ORANGE)
+    for stage in ("original", "lora"):
+        frames, _ = read_video(out / stage / videos[0].parts[-2] / "seed_0.mp4")
+        first = frames[0].reshape(-1, 3).mean(0)
+        assert abs(first - through_tokenizer).max() < 4, first  # the condition frame comes back as the image
+        meta = json.loads((out / stage / videos[0].parts[-2] / "seed_0.json").read_text())
+        assert meta["input_file"] == str(image) and meta["input_kind"] == "image" and meta["num_input_frames"] == 1
+        assert meta["input_sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
+        assert meta["augment_sigma"] == 0.001
+    compare = probe_video(videos[0])
+    assert compare.width > 3 * 64  # input, original and LoRA side by side
+    rerun = cli("infer", "--model", "tiny-v2w", "--lora", str(lora), "--image", str(_image(image, (10, 200, 10))),
+                "-p", "a red square", "--steps", "3", "--name", "v2w", "--stages", "original")
+    assert_ok(rerun)  # same path, other content: the videos are remade (their sidecar's hash no longer matches)
+    frames, _ = read_video(out / "original" / videos[0].parts[-2] / "seed_0.mp4")
+    assert frames[0].reshape(-1, 3).mean(0)[1] > 150
+
+
+def test_video_conditioned_inference_takes_the_last_nine_frames(cli_env, tmp_path):
+    from cli_helpers import assert_ok, cli
+    from cosmos_lora.data.video import read_video, write_video
+
+    clip = np.zeros((12, 64, 64, 3), np.uint8)
+    clip[:3] = (0, 0, 255)  # only the first 3 frames are blue: the last 9 are green
+    clip[3:] = (20, 210, 40)
+    write_video(tmp_path / "clip.mp4", clip, 24)
+    result = cli("infer", "--model", "tiny-v2w", "--video", str(tmp_path / "clip.mp4"), "--num-input-frames", "9",
+                 "-p", "a green field", "--steps", "3", "--stages", "original", "--name", "v2w9")
+    assert_ok(result)
+    video = next((cli_env.outputs / "infer" / "v2w9" / "original").glob("*/seed_0.mp4"))
+    frames, _ = read_video(video)
+    green = _round_trip(cli_env.checkpoints, (20, 210, 40))
+    assert abs(frames[:9].reshape(-1, 3).mean(0) - green).max() < 6  # 2 latent frames: the first 9 frames
+
+
+def test_v2w_input_errors_stop_before_any_model_loads(cli_env, tmp_path):
+    from cli_helpers import assert_user_error, cli
+    from cosmos_lora.data.video import write_video
+
+    image = _image(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_text("not an image")
+    write_video(tmp_path / "short.mp4", np.zeros((5, 64, 64, 3), np.uint8), 24)
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
+    base = ["infer", "--model", "tiny-v2w", "-p", "x", "--stages", "original"]
+    assert_user_error(cli(*base, "--image", str(tmp_path / "broken.png")), "broken.png is not a readable image")
+    assert_user_error(cli(*base, "--image", str(tmp_path / "missing.png")), "No image at")
+    assert_user_error(cli(*base, "--video", str(tmp_path / "short.mp4"), "--num-input-frames", "9"), "has 5 frame(s)")
+    assert_user_error(cli(*base, "--video", str(tmp_path / "broken.mp4")), "broken.mp4")
+    assert_user_error(cli(*base, "--image", str(image), "--num-input-frames", "9"), "an image is 1 frame")
+    assert_user_error(cli(*base, "--video", str(tmp_path / "short.mp4"), "--num-input-frames", "4"), "1 or 9 frames")
+    assert_user_error(cli(*base, "--image", str(image), "--video", str(tmp_path / "short.mp4")), "give only one")
+    assert_user_error(cli(*base), "is a Video2World model", "--image FILE")
+    assert_user_error(cli("infer", "--model", "tiny", "-p", "x", "--stages", "original", "--image", str(image)),
+                      "needs a Video2World model")
+    t2w_lora = _v2w_lora(cli_env.checkpoints, tmp_path / "t2w.safetensors", video2world=False)
+    assert_user_error(cli(*base[:-2], "--lora", str(t2w_lora), "--image", str(image)),
+                      "is a Text2World LoRA", "is Video2World")
+    assert not (cli_env.outputs / "infer").exists()  # nothing written

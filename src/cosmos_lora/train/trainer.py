@@ -156,7 +156,7 @@ class Trainer:
         self.noise_generator = torch.Generator().manual_seed(seed * 1_000_003 + dist_info.rank)
         self.checkpointer = Checkpointer(
             self.run_dir, dist_info, self.spec, config.checkpoint.keep_states,
-            {"base_fingerprint": base_fingerprint(dit_path), "base": config.model.dit},
+            {"base_fingerprint": base_fingerprint(dit_path), "base": config.model.dit, "video2world": self.net.video2world},
         )
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
