@@ -192,3 +192,70 @@ def test_v2w_input_errors_stop_before_any_model_loads(cli_env, tmp_path):
     assert_user_error(cli(*base[:-2], "--lora", str(t2w_lora), "--image", str(image)),
                       "is a Text2World LoRA", "is Video2World")
     assert not (cli_env.outputs / "infer").exists()  # nothing written
+
+
+# -- exports ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def v2w_run(cli_env, v2w_fixtures_dir, monkeypatch):
+    """Checkpoints whose tiny V2W DiT is the fixtures' official one, and a run holding the fixtures' official LoRA."""
+    import shutil
+
+    from cosmos_lora.config import load_preset
+    from cosmos_lora.config.experiment import resolved, save_config
+    from cosmos_lora.distributed import Distributed
+    from cosmos_lora.model.checkpoint import base_fingerprint
+    from cosmos_lora.model.lora import from_official
+    from cosmos_lora.model.tiny import TINY_DIT_V2W
+    from cosmos_lora.train.checkpointer import Checkpointer
+
+    checkpoints = cli_env.outputs.parent / "official_checkpoints"
+    shutil.copytree(cli_env.checkpoints, checkpoints)
+    shutil.copyfile(v2w_fixtures_dir / "v2w_tiny_native.pt", checkpoints / TINY_DIT_V2W)
+    monkeypatch.setenv("COSMOS_LORA_CHECKPOINTS", str(checkpoints))
+    state, spec = from_official(torch.load(v2w_fixtures_dir / "v2w_tiny_lora_native.pt", weights_only=True), scale=1.5)
+    run_dir = cli_env.outputs / "runs" / "v2w-run"
+    config = load_preset("tiny_v2w_lora")
+    config.job.name, config.job.dataset, config.job.run_dir = "v2w-run", "demo/shapes", str(run_dir)
+    save_config(resolved(config), run_dir / "config.yaml")
+    metadata = {"base_fingerprint": base_fingerprint(checkpoints / TINY_DIT_V2W), "base": TINY_DIT_V2W, "video2world": True}
+    cpu = Distributed(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    Checkpointer(run_dir, cpu, spec, keep_states=1, metadata=metadata).save(
+        10, {k: 2 * v for k, v in state.items()}, state, train_state={"step": 10}, rng_state={})  # EMA = the official LoRA
+    return checkpoints / TINY_DIT_V2W
+
+
+def _lora_output(base, adapter, io, case="case2"):
+    from cosmos_lora.model.network import build_network
+
+    net = build_network(base, torch.device("cpu"), torch.float32, lora=adapter).net.eval()
+    inputs = {k: io[f"{case}.{k}"] for k in ("x", "timesteps", "crossattn_emb", "fps", "padding_mask")}
+    with torch.no_grad():
+        return net(**inputs, condition_mask=io[f"{case}.condition_video_input_mask"])
+
+
+def test_v2w_exports_load_back_and_the_official_one_has_an_ema_entry(cli_env, v2w_run, v2w_fixtures_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from cli_helpers import assert_ok, cli
+    from cosmos_lora.model import adapter_files
+
+    io = load_file(v2w_fixtures_dir / "v2w_tiny_io.safetensors")
+    expected = load_file(v2w_fixtures_dir / "v2w_tiny_lora_io.safetensors")["case2.out_lora"]
+    out = tmp_path / "Cosmos-Predict1-7B-Video2World_post-trained-lora" / "model.pt"
+    result = cli("export", "--run", "v2w-run", "--format", "official", "--out", str(out))
+    assert_ok(result)
+    assert "video2world.py" in result.stderr and "--num_input_frames" in result.stderr
+    exported = torch.load(out, weights_only=True)
+    assert exported["model"]["net.x_embedder.proj.1.weight"].shape == (64, 72)
+    lora_keys = {k for k in exported["model"] if "_lora." in k}
+    # the official loader (`load_network_model`) overlays the EMA entry, '-' read as '.', on the model weights
+    assert {k.replace("-", ".") for k in exported["ema"]} == lora_keys and len(lora_keys) == 16
+    assert all(torch.equal(exported["ema"][k.replace(".", "-")], exported["model"][k]) for k in lora_keys)
+    official = adapter_files.from_file(out)
+    assert official.video2world is True
+    torch.testing.assert_close(_lora_output(v2w_run, official, io), expected, atol=2e-5, rtol=1e-5)
+
+    assert_ok(cli("export", "--run", "v2w-run", "--format", "comfyui", "--out", str(tmp_path / "c.safetensors")))
+    comfy = adapter_files.from_file(tmp_path / "c.safetensors")
+    torch.testing.assert_close(_lora_output(v2w_run, comfy, io), expected, atol=2e-5, rtol=1e-5)
