@@ -109,14 +109,16 @@ def _v2w_lora(checkpoints, path, video2world=True):
     return path
 
 
-def _round_trip(checkpoints, colour) -> np.ndarray:
-    """The mean colour of a flat image after the tiny tokenizer's encode and decode (its decoder ends in tanh)."""
+def _round_trip(checkpoints, image) -> np.ndarray:
+    """The mean colour of an image (or a flat colour) after the tiny tokenizer's encode and decode (its decoder
+    ends in tanh)."""
     from cosmos_lora.model.generation import VideoInput, VideoSettings
     from cosmos_lora.model.tiny import TINY_TOKENIZER
     from cosmos_lora.model.tokenizer import VideoTokenizer, video_to_uint8
 
     tokenizer = VideoTokenizer(checkpoints / TINY_TOKENIZER, "cpu", torch.float32, 17)
-    pixels = VideoInput(np.full((1, 40, 48, 3), colour, np.uint8)).pixels(VideoSettings(17, 64, 64, 24, 3, 7))
+    image = np.full((40, 48, 3), image, np.uint8) if len(image) == 3 else image
+    pixels = VideoInput(image[None]).pixels(VideoSettings(17, 64, 64, 24, 3, 7))
     return video_to_uint8(tokenizer.decode(tokenizer.encode(pixels))[0]).numpy()[0].reshape(-1, 3).mean(0)
 
 
@@ -259,3 +261,46 @@ def test_v2w_exports_load_back_and_the_official_one_has_an_ema_entry(cli_env, v2
     assert_ok(cli("export", "--run", "v2w-run", "--format", "comfyui", "--out", str(tmp_path / "c.safetensors")))
     comfy = adapter_files.from_file(tmp_path / "c.safetensors")
     torch.testing.assert_close(_lora_output(v2w_run, comfy, io), expected, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_demo_v2w_trains_and_continues_an_image(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from cosmos_lora.data.video import read_video
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COSMOS_LORA_")}
+    done = subprocess.run([sys.executable, "-m", "cosmos_lora", "demo", "--v2w", "--max-iter", "10", "--nproc", "1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / done.stdout.strip().splitlines()[-1]
+    assert out == tmp_path / "outputs" / "infer" / "demo-v2w"
+    image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "input.png"))
+    for compare in sorted((out / "compare").glob("*/seed_0.mp4")):
+        meta = json.loads((out / "lora" / compare.parent.name / "seed_0.json").read_text())
+        assert meta["input_kind"] == "image" and meta["input_file"].endswith("input.png")
+        original = read_video(out / "original" / compare.parent.name / "seed_0.mp4")[0]
+        assert original.shape == (17, 64, 64, 3)
+        assert abs(original[0].astype(int) - image.astype(int)).mean() < 40  # starts near the clip's first frame
+    adapter = tmp_path / "outputs" / "runs" / "demo-v2w" / "adapters" / "step_000010.safetensors"
+    from cosmos_lora.model.adapter_files import from_file
+
+    assert from_file(adapter).video2world is True
+
+
+def test_v2w_validation_samples_continue_the_first_frame_of_a_clip(cli_env):
+    from cosmos_lora.data.layout import DatasetLayout
+    from cosmos_lora.data.video import read_video
+
+    trainer = _trainer(cli_env, "v2w-val", {"trainer.validate_every": 1, "trainer.validation.steps": 2,
+                                            "trainer.validation.prompts": ["a red circle"]})
+    try:
+        folder = trainer.validate()
+    finally:
+        trainer.close()
+    layout = DatasetLayout(cli_env.dataset("demo/shapes"))
+    first = read_video(layout.video(layout.clips()[0]), max_frames=1)[0][0]
+    sample = read_video(next(folder.glob("*_seed0.mp4")))[0]
+    assert abs(sample[0].reshape(-1, 3).mean(0) - _round_trip(cli_env.checkpoints, first)).max() < 4
