@@ -37,6 +37,15 @@ def test_tiny_v2w_round_trips_and_a_t2w_net_refuses_a_condition_mask(tmp_path):
         build_dit("tiny")(**x, condition_mask=torch.ones(1, 1, 2, 8, 8))
 
 
+def test_the_v2w_preset_trains_what_download_fetches():
+    from cosmos_lora.config import load_preset
+    from cosmos_lora.hub.download import MODELS
+
+    folders = {spec.folder for spec in MODELS["7B-Video2World"]}
+    model = load_preset("video2world_7b_lora").model
+    assert model.dit.split("/")[0] in folders and model.tokenizer in folders and model.text_encoder in folders
+
+
 def _trainer(cli_env, name: str, overrides: dict | None = None):
     from cosmos_lora.config.build import build_experiment
     from cosmos_lora.distributed import Distributed, Launch
