@@ -2,6 +2,7 @@
 
     <root>/checkpoints/Cosmos-Predict1-7B-Text2World/model.pt    random 7B DiT, official flat format, bf16 (14.5 GB)
     <root>/checkpoints/Cosmos-Predict1-14B-Text2World/model.pt   the same for the 14B with --size 14b (28.5 GB)
+    <root>/checkpoints/Cosmos-Predict1-7B-Video2World/model.pt   the 7B Video2World (72-wide input layer) with --variant v2w
     <root>/checkpoints/Cosmos-Tokenize1-CV8x8x8-720p/             TorchScript stand-in, official calling convention
     <root>/checkpoints/google-t5/t5-11b/                          2-layer T5 encoder with T5-11B's 1024-d output
     <root>/datasets/bench/clips/                                  synthetic 121-frame 704x1280 clips, embedded
@@ -10,7 +11,7 @@ The DiT is the real architecture at the real size, so step times and memory are 
 the tokenizer and T5 stand-ins are cheap, so their cost is not measured here. The weights are drawn
 on the GPU and written once; a later call with the same root and size returns at once.
 
-    python benchmarks/fake_world.py --root /tmp/world --clips 16 [--size 14b]
+    python benchmarks/fake_world.py --root /tmp/world --clips 16 [--size 14b | --variant v2w]
 """
 
 import argparse
@@ -26,7 +27,9 @@ from cosmos_lora.model.dit import build_dit
 from cosmos_lora.model.edm import LogVarHead
 from cosmos_lora.model.tiny import write_tiny_t5, write_tiny_tokenizer
 
-DIT_FOLDERS = {"7b": "Cosmos-Predict1-7B-Text2World", "14b": "Cosmos-Predict1-14B-Text2World"}
+DIT_FOLDERS = {
+    "7b": "Cosmos-Predict1-7B-Text2World", "14b": "Cosmos-Predict1-14B-Text2World", "7b-v2w": "Cosmos-Predict1-7B-Video2World",
+}
 
 
 def dit_path(root: Path, size: str) -> Path:
@@ -52,11 +55,16 @@ def write_random_dit(path: Path, size: str = "7b") -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--size", choices=sorted(DIT_FOLDERS), default="7b")
+    parser.add_argument("--size", choices=["7b", "14b"], default="7b")
+    parser.add_argument("--variant", choices=["t2w", "v2w"], default="t2w", help="v2w: Video2World (7B only)")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--frames", type=int, default=121)
     parser.add_argument("--resolution", type=int, nargs=2, default=(704, 1280))
     args = parser.parse_args()
+    if args.variant == "v2w":
+        if args.size != "7b":
+            parser.error("--variant v2w exists for the 7B only (the official 14B Video2World is not supported here)")
+        args.size = "7b-v2w"
     checkpoints, started = args.root / "checkpoints", time.perf_counter()
     ready = args.root / f"READY.{args.size}"
     if ready.is_file():  # built whole by an earlier call; parallel benchmark phases must not rewrite it

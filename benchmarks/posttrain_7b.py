@@ -4,7 +4,9 @@ Builds the fake 7B world (`fake_world.py`: random official-format weights, real 
 `--max-iter A` steps, then resumes the same run to `B` steps, and reports s/step, samples/s and
 peak GPU memory from the run's metrics.csv.
 
-    python benchmarks/posttrain_7b.py --root /tmp/world --nproc 2 --first 4 --total 8 --out result.json
+    python benchmarks/posttrain_7b.py --root /tmp/world --nproc 2 --first 4 --total 8 --out result.json [--variant v2w]
+
+`--variant v2w`: the 7B Video2World recipe (`--model 7b-v2w`) on a 7B Video2World DiT.
 """
 
 import argparse
@@ -37,14 +39,16 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=8)
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--variant", choices=["t2w", "v2w"], default="t2w")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     subprocess.run([sys.executable, str(Path(__file__).with_name("fake_world.py")), "--root", str(args.root),
-                    "--clips", str(args.clips)], check=True)
-    common = ["--dataset", "bench/clips", "--name", f"bench_{args.nproc}gpu", "--nproc", str(args.nproc),
+                    "--clips", str(args.clips), "--variant", args.variant], check=True)
+    suffix, model = ("_v2w", "7b-v2w") if args.variant == "v2w" else ("", "7b")
+    common = ["--model", model, "--dataset", "bench/clips", "--name", f"bench_{args.nproc}gpu{suffix}", "--nproc", str(args.nproc),
               "--grad-accum", str(args.grad_accum), "--save-every", str(args.first)]
     first, first_s = posttrain(args.root, *common, "--max-iter", str(args.first), "--", "trainer.log_every=1")
-    run_dir = args.root / "outputs" / "runs" / f"bench_{args.nproc}gpu"
+    run_dir = args.root / "outputs" / "runs" / f"bench_{args.nproc}gpu{suffix}"
     resume, resume_s = posttrain(args.root, "--config", str(run_dir / "config.yaml"), "--resume", "--nproc", str(args.nproc),
                                  "--", f"trainer.max_iter={args.total}")
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))

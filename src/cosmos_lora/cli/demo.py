@@ -2,7 +2,8 @@
 
 Every step calls the function its real subcommand calls: tiny checkpoints in the official formats,
 a synthetic captioned clip set in prepare's layout, T5 embeddings, a LoRA trained through a real
-torchrun launch, and base-vs-LoRA videos with a side-by-side comparison.
+torchrun launch, and base-vs-LoRA videos with a side-by-side comparison. With `--v2w` the model is
+the tiny Video2World one and the videos continue the first frame of a demo clip (`infer --image`).
 """
 
 import shutil
@@ -13,6 +14,7 @@ from cosmos_lora.cli.output import examples, guarded, note, result
 
 DEMO_DATASET = "demo/shapes"
 DEMO_RUN = "demo"
+DEMO_RUN_V2W = "demo-v2w"
 DEMO_PROMPTS = ["a red square moves from left to right on a dark blue background",
                 "a yellow circle moves from top to bottom on a black background"]
 
@@ -22,6 +24,7 @@ def demo(
     clips: int = typer.Option(8, help="Synthetic clips to train on."),
     max_iter: int = typer.Option(40, help="Optimizer steps."),
     nproc: int = typer.Option(None, help="Training processes (default: visible GPUs, else 2 CPU processes)."),
+    v2w: bool = typer.Option(False, "--v2w", help="Video2World: train the tiny Video2World model; the videos continue an image."),
 ) -> None:
     """Run download-free: tiny model -> synthetic clips -> embed -> posttrain (torchrun) -> infer --stages both."""
     import torch
@@ -43,7 +46,8 @@ def demo(
     paths = write_tiny_checkpoints(roots.checkpoints)
 
     note(f"2/5 synthetic clips -> {roots.dataset(DEMO_DATASET)} ...")
-    config = load_preset("tiny_lora")
+    preset, run_name = ("tiny_v2w_lora", DEMO_RUN_V2W) if v2w else ("tiny_lora", DEMO_RUN)
+    config = load_preset(preset)
     height, width = config.model.resolution
     dataset_dir = roots.dataset(DEMO_DATASET)
     if not (dataset_dir / "videos").is_dir():
@@ -55,18 +59,20 @@ def demo(
     processes = nproc or visible_gpus() or 2
     note(f"4/5 LoRA post-training: {max_iter} steps on {processes} process(es) through torchrun ...")
     shape = Launch(processes)
-    experiment = build_experiment("tiny_lora", roots, DEMO_DATASET, {"trainer.max_iter": max_iter}, [], DEMO_RUN, shape)
+    experiment = build_experiment(preset, roots, DEMO_DATASET, {"trainer.max_iter": max_iter}, [], run_name, shape)
     shutil.rmtree(experiment.job.run_dir, ignore_errors=True)  # the demo's own run, remade each time
     run, message, _ = posttrain(experiment, shape, resume_command="cosmos-lora demo")
     note(message)
 
-    out_dir = roots.outputs / "infer" / DEMO_RUN
+    out_dir = roots.outputs / "infer" / run_name
     note(f"5/5 base vs LoRA videos -> {out_dir} ...")
     shutil.rmtree(out_dir, ignore_errors=True)
+    given = {"input_file": _first_frame(dataset_dir, out_dir / "input.png"), "input_kind": "image"} if v2w else {}
     settings = InferSettings(
-        out_dir=out_dir, dit=paths["dit"], tokenizer=paths["tokenizer"], text_encoder=paths["text_encoder"],
-        pixel_chunk_duration=config.model.pixel_chunk_duration, stages="both", height=height, width=width,
-        frames=config.model.num_frames, precision=config.model.precision, adapters=[StackedLora(from_run(run).source)],
+        out_dir=out_dir, dit=paths["dit_v2w" if v2w else "dit"], tokenizer=paths["tokenizer"],
+        text_encoder=paths["text_encoder"], pixel_chunk_duration=config.model.pixel_chunk_duration, stages="both",
+        height=height, width=width, frames=config.model.num_frames, precision=config.model.precision,
+        adapters=[StackedLora(from_run(run).source)], **given,
     )
     plan = save_plan(settings, read_prompts(DEMO_PROMPTS, None, None), num_videos=1, seed=0)
     _, index = run_plan(plan, init_distributed())
@@ -79,5 +85,17 @@ def demo(
     result(str(out_dir))
 
 
+def _first_frame(dataset_dir, path):
+    """The first frame of the demo's first clip as a PNG: the image the Video2World videos continue."""
+    from PIL import Image
+
+    from cosmos_lora.data.video import read_video
+
+    clip = sorted((dataset_dir / "videos").glob("*.mp4"))[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(read_video(clip, max_frames=1)[0][0]).save(path)
+    return path
+
+
 def register(app: typer.Typer) -> None:
-    app.command(epilog=examples("cosmos-lora demo", "cosmos-lora demo --max-iter 100 --nproc 1"))(guarded(demo))
+    app.command(epilog=examples("cosmos-lora demo", "cosmos-lora demo --max-iter 100 --nproc 1", "cosmos-lora demo --v2w"))(guarded(demo))

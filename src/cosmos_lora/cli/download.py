@@ -7,7 +7,7 @@ from cosmos_lora.cli.output import examples, guarded, note, result
 
 def download(
     ctx: typer.Context,
-    model: str = typer.Option("7B-Text2World", help="7B-Text2World or 14B-Text2World."),
+    model: str = typer.Option("7B-Text2World", help="7B-Text2World, 14B-Text2World or 7B-Video2World."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List files, sizes and what is present; fetch nothing."),
 ) -> None:
     """Fetch the DiT, the video tokenizer and the T5-11B encoder into the checkpoints folder.

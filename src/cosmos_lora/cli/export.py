@@ -23,7 +23,7 @@ def export(
 
     official writes a whole checkpoint (~14.5 GB for 7B): the run's base with the LoRA, as the
     official LoRA post-training saves it, or with --merge the LoRA merged into the weights. It prints
-    the official text2world.py command that uses it.
+    the official text2world.py (video2world.py for a Video2World run) command that uses it.
     """
     from cosmos_lora.config import load_preset
     from cosmos_lora.files import check_not_an_input
@@ -104,4 +104,5 @@ def register(app: typer.Typer) -> None:
         "cosmos-lora export --run <run> --step 500 --no-ema --format diffusers --out sports_diffusers.safetensors",
         "cosmos-lora export --run <run> --format official --out checkpoints/Cosmos-Predict1-7B-Text2World_post-trained-lora/model.pt",
         "cosmos-lora export --run <run> --format official --merge --out checkpoints/Cosmos-Predict1-7B-Text2World_post-trained/model.pt",
+        "cosmos-lora export --run <v2w-run> --format official --out checkpoints/Cosmos-Predict1-7B-Video2World_post-trained-lora/model.pt",
     ))(guarded(export))

@@ -36,7 +36,11 @@ def infer(
     fps: float = typer.Option(24.0, help="Frame rate (conditions the model and the mp4)."),
     resolution: tuple[int, int] | None = typer.Option(None, metavar="H W", help="Height and width (default: the run's, else 704 1280)."),
     frames: int = typer.Option(None, help="Frames, 1+8k (default: the run's, else 121)."),
-    model: str = typer.Option(None, help="7b, 14b or tiny: the preset's checkpoint when no --run gives it (default: 7b); the size is read from the checkpoint."),
+    model: str = typer.Option(None, help="7b, 14b, tiny, 7b-v2w or tiny-v2w (Video2World): the preset's checkpoint when no --run gives it (default: 7b); the size is read from the checkpoint."),
+    image: Path = typer.Option(None, help="Video2World: the image (PNG/JPEG) the videos continue."),
+    video: Path = typer.Option(None, help="Video2World: the video whose last --num-input-frames frames the videos continue."),
+    num_input_frames: int = typer.Option(1, help="Video2World: continue the last 1 or 9 frames of --video (official default 1)."),
+    augment_sigma: float = typer.Option(0.001, help="Video2World: noise on the input frames (official 0.001)."),
     name: str = typer.Option(None, help="Output folder name under <outputs>/infer (default: the run and LoRA names, '-on-' the --dit's)."),
     nproc: int = typer.Option(None, help="Processes (one per GPU) (default: visible GPUs, 1 on CPU)."),
     gpus_per_video: int = typer.Option(
@@ -69,6 +73,7 @@ def infer(
     from cosmos_lora.model.dit import size_name
 
     _check_options(stages, run, dit, step, model, num_videos, seed, nproc, name, gpus_per_video)
+    input_kind, input_file = _video2world_input(image, video, num_input_frames)
     roots = ctx.obj
     weighted = [parse_weighted(item, "--lora") for item in lora or []]
     dit_file = locate_dit(dit, roots.checkpoints) if dit else None
@@ -86,6 +91,7 @@ def infer(
             StackedLora(a.source, weight, 1.0 if a.scale_origin == lora_formats.STATED else None) for a, weight in adapters
         ],
         lora_scale=1.0 if lora_scale is None else lora_scale, cfg_parallel=cfg_parallel, save_latents=save_latents,
+        input_file=input_file, input_kind=input_kind, num_input_frames=num_input_frames, augment_sigma=augment_sigma,
     )
     check_settings(settings)
     prompts = read_prompts(prompt or [], prompts_file, negative_prompt)
@@ -106,6 +112,21 @@ def infer(
     outcome = launch("cosmos_lora.infer.run", [str(plan)], Launch(processes))
     outcome.raise_unless_finished("every video was made", "rerun the same command: finished videos are kept.")
     result(str(settings.out_dir))
+
+
+def _video2world_input(image: Path | None, video: Path | None, num_input_frames: int) -> tuple[str | None, Path | None]:
+    """(kind, path) of the input a Video2World model continues, or (None, None)."""
+    from cosmos_lora.infer.video_input import check_request
+
+    if image is not None and video is not None:
+        raise UserError("--image and --video both give the input.", "give only one of them.")
+    kind, path = ("image", image) if image is not None else ("video", video) if video is not None else (None, None)
+    if kind is None:
+        if num_input_frames != 1:
+            raise UserError("--num-input-frames picks frames of --video.", "add --video FILE, or drop --num-input-frames.")
+        return None, None
+    check_request(kind, num_input_frames)
+    return kind, path
 
 
 def _check_options(stages, run, dit, step, model, num_videos, seed, nproc, name, gpus_per_video) -> None:
@@ -159,7 +180,7 @@ def _model_and_adapters(roots, run, step, ema, model, dit_file, weighted, lora_s
 
 def _preset_of(size: str | None) -> str:
     """The model preset (tokenizer, text encoder, video size) for a DiT of a known size; the 7B's otherwise."""
-    return {"14b": "14b", "tiny": "tiny", "tiny14b": "tiny"}.get(size, "7b")
+    return {"14b": "14b", "tiny": "tiny", "tiny14b": "tiny", "7b-v2w": "7b-v2w", "tiny-v2w": "tiny-v2w"}.get(size, "7b")
 
 
 def _default_name(run: str | None, loras: list[Path], dit: Path | None) -> str:
@@ -179,5 +200,7 @@ def register(app: typer.Typer) -> None:
         'cosmos-lora infer --run <run> --dit merged/model.pt --prompt "A surfer rides a wave"   # the run\'s LoRA on another base',
         'cosmos-lora infer --model 14b --stages original --prompt "A surfer rides a wave"',
         'cosmos-lora infer --model tiny --stages original --prompt "a red square" --steps 5',
+        'cosmos-lora infer --model 7b-v2w --image first_frame.jpg --stages original --prompt "The robot arm opens the drawer"',
+        'cosmos-lora infer --run <v2w-run> --video clip.mp4 --num-input-frames 9 --prompt "The car turns left" --stages both',
         'cosmos-lora infer --run <run> --prompt "A surfer rides a wave" --nproc 8   # one video on all 8 GPUs',
     ))(guarded(infer))

@@ -10,14 +10,17 @@ import typer
 
 from cosmos_lora.cli.output import examples, guarded, note, result
 
-MODEL_PRESETS = {"7b": "text2world_7b_lora", "14b": "text2world_14b_lora", "tiny": "tiny_lora"}
+MODEL_PRESETS = {
+    "7b": "text2world_7b_lora", "14b": "text2world_14b_lora", "tiny": "tiny_lora",
+    "7b-v2w": "video2world_7b_lora", "tiny-v2w": "tiny_v2w_lora",  # Video2World: continues an image or 9 frames
+}
 
 
 def posttrain(
     ctx: typer.Context,
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset COLLECTION/DOMAIN inside the datasets root."),
     config: str = typer.Option(None, help="Preset name or config file (.py, or a run's config.yaml)."),
-    model: str = typer.Option("7b", help="7b, 14b or tiny: picks the preset when --config is not given."),
+    model: str = typer.Option("7b", help="7b, 14b, tiny, 7b-v2w or tiny-v2w (Video2World): picks the preset when --config is not given."),
     rank: int = typer.Option(None, help="LoRA rank (preset: 8)."),
     scale: float = typer.Option(None, help="LoRA multiplier, official semantics: delta = scale * up(down(x)) (preset: 1)."),
     alpha: float = typer.Option(None, help="Alternative to --scale in peft terms: scale = alpha / rank."),

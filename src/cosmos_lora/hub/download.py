@@ -1,7 +1,7 @@
 """Fetch the official checkpoints from the Hugging Face hub into the official `checkpoints/` layout.
 
     checkpoints/
-      Cosmos-Predict1-7B-Text2World/   model.pt, config.json
+      Cosmos-Predict1-7B-Text2World/   model.pt, config.json   (or 14B-Text2World, 7B-Video2World)
       Cosmos-Tokenize1-CV8x8x8-720p/   encoder.jit, decoder.jit, mean_std.pt, image_mean_std.pt
       google-t5/t5-11b/                config.json, PyTorch/safetensors weights, tokenizer files
 
@@ -103,6 +103,14 @@ MODELS: dict[str, tuple[RepoFiles, ...]] = {
     "14B-Text2World": (
         RepoFiles(
             "nvidia/Cosmos-Predict1-14B-Text2World", "Cosmos-Predict1-14B-Text2World", ("model.pt", "config.json")
+        ),
+        TOKENIZER,
+        T5,
+    ),
+    # the same network with a condition-mask input channel; the same tokenizer and T5
+    "7B-Video2World": (
+        RepoFiles(
+            "nvidia/Cosmos-Predict1-7B-Video2World", "Cosmos-Predict1-7B-Video2World", ("model.pt", "config.json")
         ),
         TOKENIZER,
         T5,

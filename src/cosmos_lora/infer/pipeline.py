@@ -5,6 +5,9 @@ Order of work in one process:
   2. T5 embeds every prompt once, then leaves the device;
   3. the DiT (with the LoRA layers, switched per stage) samples each job's latents;
   4. the tokenizer decodes them; videos, `prompt.txt`, `seed_<k>.json` and the comparison are written.
+
+A Video2World checkpoint (read off its weights) continues an input image or video (`input_file`,
+read once per process by `video_input.read_input`); its comparison shows the input beside the stages.
 """
 
 import contextlib
@@ -26,12 +29,13 @@ from cosmos_lora.errors import UserError
 from cosmos_lora.files import atomic_write
 from cosmos_lora.infer.html import write_index
 from cosmos_lora.infer.prompts import STAGES, Job
+from cosmos_lora.infer.video_input import file_sha256, input_panel, read_input
 from cosmos_lora.model.adapter_files import Adapter, check_fits, from_file
 from cosmos_lora.model.checkpoint import (
     LORA_MARKER, base_fingerprint, read_official_checkpoint, split_official_state, unwrap_container,
 )
 from cosmos_lora.model.dit import DiTSize, size_from_state_dict
-from cosmos_lora.model.generation import VideoSettings, generate_video
+from cosmos_lora.model.generation import DEFAULT_AUGMENT_SIGMA, VideoInput, VideoSettings, generate_video
 from cosmos_lora.model.network import BlockSettings, build_network
 from cosmos_lora.model.text_encoder import embed_texts
 from cosmos_lora.model.tokenizer import VideoTokenizer, check_tokenizer_folder, latent_frames
@@ -84,6 +88,10 @@ class InferSettings:
     gpus_per_video: int = 1  # processes that make one video together (model/parallel.py)
     cfg_parallel: bool = True  # with an even gpus_per_video: the two CFG branches on two halves of them
     save_latents: bool = False  # also write seed_<k>.latents.safetensors (the sampled latents, float32)
+    input_file: Path | None = None  # Video2World: the image or video the videos continue
+    input_kind: str | None = None  # image or video
+    num_input_frames: int = 1  # the last 1 or 9 frames of the input
+    augment_sigma: float = DEFAULT_AUGMENT_SIGMA  # noise on the condition frames (official 0.001)
     extra_meta: dict = field(default_factory=dict)
 
     @property
@@ -95,7 +103,7 @@ class InferSettings:
 
     @classmethod
     def from_json(cls, raw: dict) -> "InferSettings":
-        paths = {"out_dir", "dit", "tokenizer", "text_encoder"}
+        paths = {"out_dir", "dit", "tokenizer", "text_encoder", "input_file"}
         settings = cls(**{k: Path(v) if k in paths and v is not None else v for k, v in raw.items()})
         settings.adapters = [StackedLora(Path(a["file"]), a["weight"], a["stated_scale"]) for a in raw.get("adapters", [])]
         return settings
@@ -124,6 +132,9 @@ def check_settings(settings: InferSettings) -> None:
     for option, value in (("--lora-scale", settings.lora_scale), *((f"--lora {a.file}'s weight", a.weight) for a in settings.adapters)):
         if not math.isfinite(value):
             raise UserError(f"{option} {value} is not a finite number.", "use e.g. --lora-scale 1 or --lora FILE:0.5.")
+    if not (math.isfinite(settings.augment_sigma) and settings.augment_sigma >= 0):
+        raise UserError(f"--augment-sigma {settings.augment_sigma} is not a noise level (a finite number >= 0).",
+                        "use the official 0.001.")
     if "lora" in STAGES[settings.stages] and not settings.adapters:
         raise UserError(f"--stages {settings.stages} needs a LoRA.", "pass --run NAME or --lora FILE, or use --stages original.")
 
@@ -169,12 +180,29 @@ def check_model(settings: InferSettings, adapters: list[Adapter]) -> DiTSize:
             f"takes {size.text_embed_dim}-d.",
             "use the T5 that goes with the model (google-t5/t5-11b for Cosmos-Predict1).",
         )
+    check_input_fits(settings, size)
     if adapters and "lora" in STAGES[settings.stages]:
         network, _, _, _ = split_official_state(state)
         fix = "pass --dit with the checkpoint it was trained on (a --run's own is the default), or leave this LoRA out."
         for adapter in adapters:
             check_fits(adapter, {k: v.shape for k, v in network.items()}, settings.dit, fix)
     return size
+
+
+def check_input_fits(settings: InferSettings, size: DiTSize) -> None:
+    """A Video2World checkpoint continues an input, a Text2World one starts from text alone; the input
+    is readable and long enough (read here, before any model loads)."""
+    if size.video2world and settings.input_file is None:
+        raise UserError(f"{settings.dit} is a Video2World model: it continues an image or a video.",
+                        "pass --image FILE or --video FILE (with --num-input-frames 1 or 9), or use a Text2World model.")
+    if not size.video2world and settings.input_file is not None:
+        raise UserError(f"--{settings.input_kind} needs a Video2World model; {settings.dit} is Text2World.",
+                        "use --model 7b-v2w (or a run trained on it), or drop the input.")
+    if settings.input_file is not None:
+        read_input(settings.input_file, settings.input_kind, settings.num_input_frames)
+        if settings.num_input_frames > settings.frames:
+            raise UserError(f"--num-input-frames {settings.num_input_frames} is more than the {settings.frames} frames generated.",
+                            "generate more --frames, or use --num-input-frames 1.")
 
 
 def video_tokens(settings: InferSettings) -> int:
@@ -206,6 +234,8 @@ def made_of(settings: InferSettings, job: Job, stage: str) -> dict:
         "seed": job.seed, "stage": stage, **recorded, "dit_fingerprint": dit_fingerprint(settings.dit),
         "dit_modified_ns": _stamp(settings.dit)[1],
     }
+    if settings.input_file is not None:
+        meta["input_sha256"] = file_sha256(settings.input_file)
     if stage == "lora":
         meta["adapters"] = [
             _adapter_description(a.file, a.stated_scale, a.weight, settings.lora_scale, *_stamp(a.file)) for a in settings.adapters
@@ -287,6 +317,9 @@ class Text2WorldGenerator:
         home = "cpu" if settings.offload else device
         self.tokenizer = VideoTokenizer(settings.tokenizer, home, self.dtype, settings.pixel_chunk_duration)
         self.video = VideoSettings(settings.frames, settings.height, settings.width, settings.fps, settings.steps, settings.guidance)
+        self.input_frames = None
+        if settings.input_file is not None:
+            self.input_frames = read_input(settings.input_file, settings.input_kind, settings.num_input_frames)
 
     def set_stage(self, stage: str) -> None:
         if not self.adapters:
@@ -302,9 +335,10 @@ class Text2WorldGenerator:
                  on_step=None) -> tuple[np.ndarray | None, torch.Tensor, dict]:
         """uint8 `[T, H, W, 3]` frames (None where another process writes them), the latents, and where
         the time went (sampling, decoding, peak GPU memory)."""
+        given = None if self.input_frames is None else VideoInput(self.input_frames, self.settings.augment_sigma)
         frames, latents, timings = generate_video(
             self.net, self.tokenizer, text, negative, seed, self.video, self.device, self.dtype,
-            on_step=on_step, decoding=self._decoding_phase, cfg=cfg_split(self.groups), decode=self.writes,
+            on_step=on_step, decoding=self._decoding_phase, cfg=cfg_split(self.groups), decode=self.writes, given=given,
         )
         if not self.writes:
             return None, latents, timings
@@ -384,14 +418,23 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
                 if generator.writes:
                     progress.note(f"video {len(written)}/{len(todo) * len(stages)} ({timings['seconds']:.0f} s): {written[-1]}")
             if len(stages) == 2 and len(outputs) == 2 and generator.writes:
-                frames = side_by_side([outputs[s] for s in stages], [STAGE_LABELS[s] for s in stages])
-                write_video(compare_path(settings.out_dir, job), frames, settings.fps)
+                write_video(compare_path(settings.out_dir, job), _comparison(settings, generator, stages, outputs), settings.fps)
     if failed:
         raise UserError(
             f"{len(failed)} of {len(todo)} jobs went NaN/inf while sampling (listed above); their videos were not written.",
             "lower --guidance or --lora-scale, or use an earlier adapter (--step); finished videos are kept.",
         )
     return written
+
+
+def _comparison(settings: InferSettings, generator: Text2WorldGenerator, stages, outputs: dict) -> np.ndarray:
+    """The stages side by side; a Video2World comparison starts with the input it continues."""
+    videos, labels = [outputs[s] for s in stages], [STAGE_LABELS[s] for s in stages]
+    if generator.input_frames is not None:
+        length, height, width = videos[0].shape[:3]
+        videos.insert(0, input_panel(generator.input_frames, length, height, width))
+        labels.insert(0, f"input: last {settings.num_input_frames} frame(s)" if settings.input_kind == "video" else "input image")
+    return side_by_side(videos, labels)
 
 
 def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, latents: torch.Tensor,

@@ -4,6 +4,11 @@
 official cosmos-predict1 checkpoint (`.pt`, flat or `{"model", "ema"}`) whose LoRA tensors are
 extracted. The adapter's rank, scale, blocks and targets always come from the file itself;
 `check_fits` compares them with the base model before any weights are loaded.
+
+The LoRA tensors of a Text2World and a Video2World adapter have the same shapes, so which model an
+adapter was trained on is known only where the file says it: our adapters record it, an official
+post-trained checkpoint holds its whole network (the patch embedding's width tells). Exports to
+other formats do not carry it.
 """
 
 import dataclasses
@@ -17,9 +22,11 @@ from safetensors import SafetensorError, safe_open
 
 from cosmos_lora.errors import UserError, load_failure
 from cosmos_lora.model import lora_formats
+from cosmos_lora.model.dit import LATENT_CHANNELS, PATCH_VOLUME
 from cosmos_lora.model.lora import FORMAT, LoraSpec, adapter_summary, from_official, read_adapter
 
 OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt")
+VIDEO2WORLD_FEATURES = (LATENT_CHANNELS + 2) * PATCH_VOLUME  # the patch embedding's input: 72 (Text2World: 68)
 
 
 @dataclass
@@ -31,6 +38,7 @@ class Adapter:
     step: int | None = None
     ema: bool = False
     scale_origin: str = "the file's metadata"  # where spec.scale comes from (lora_formats)
+    video2world: bool | None = None  # trained on a Video2World model; None: the file does not say
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -83,7 +91,8 @@ def _from_file(path: Path, scale: float | None) -> Adapter:
             raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a state dict.", "pass an official cosmos-predict1 checkpoint.")
         # the official LoRA example trains with scale 1; `--lora-scale` sets another
         state, spec = from_official(checkpoint, scale=1.0 if scale is None else scale, source=path)
-        return Adapter(state, spec, path, "official", scale_origin="1, as official LoRA inference applies it")
+        return Adapter(state, spec, path, "official", scale_origin="1, as official LoRA inference applies it",
+                       video2world=_official_variant(checkpoint))
     raise UserError(
         f"{path} is not a LoRA file cosmos-lora reads.",
         f"pass a .safetensors adapter (ours, diffusers or ComfyUI) or an official checkpoint ({', '.join(OFFICIAL_SUFFIXES)}).",
@@ -101,7 +110,8 @@ def _from_safetensors(path: Path, scale: float | None = None) -> Adapter:
     if metadata.get("format") == FORMAT:
         state, spec, metadata = read_adapter(path)
         step = int(metadata["step"]) if "step" in metadata else None
-        return Adapter(state, spec, path, "cosmos-lora", step, metadata.get("ema") == "True")
+        variant = {"True": True, "False": False}.get(metadata.get("video2world"))  # adapters saved before the key: None
+        return Adapter(state, spec, path, "cosmos-lora", step, metadata.get("ema") == "True", video2world=variant)
     kind = lora_formats.detect(keys, metadata)
     if kind == "comfyui":
         state, spec, origin = lora_formats.from_comfyui(tensors, path)
@@ -118,11 +128,26 @@ def _from_safetensors(path: Path, scale: float | None = None) -> Adapter:
 FITS_FIX = "use the base model the LoRA was trained on (--run uses the run's own model; --model picks 7b or tiny)."
 
 
+def _official_variant(checkpoint: dict) -> bool | None:
+    state = checkpoint.get("model") if isinstance(checkpoint.get("model"), dict) else checkpoint
+    embedding = state.get("net.x_embedder.proj.1.weight")
+    return None if embedding is None else embedding.shape[1] == VIDEO2WORLD_FEATURES
+
+
 def check_fits(adapter: Adapter, weight_shapes: dict[str, torch.Size], dit: Path, fix: str = FITS_FIX) -> None:
-    """The adapter's blocks exist in the base model and its matrices fit the layers they adapt.
+    """The adapter was trained on this kind of model (where it says), its blocks exist in the base model
+    and its matrices fit the layers they adapt.
 
     `weight_shapes`: the base network's weights in diffusers names (`transformer_blocks.0.attn1.to_q.weight`).
     """
+    base_video2world = weight_shapes["patch_embed.proj.weight"][1] == VIDEO2WORLD_FEATURES
+    if adapter.video2world is not None and adapter.video2world != base_video2world:
+        trained, base = ("Video2World", "Text2World") if adapter.video2world else ("Text2World", "Video2World")
+        raise UserError(
+            f"{adapter.source} is a {trained} LoRA; the base model {dit} is {base}.",
+            f"use a {trained} base model (--model {'7b-v2w' if adapter.video2world else '7b'}, or the run's own), "
+            f"or a LoRA trained on the {base} model.",
+        )
     spec = adapter.spec
     blocks = 1 + max((int(k.split(".")[1]) for k in weight_shapes if k.startswith("transformer_blocks.")), default=-1)
     if max(spec.blocks) >= blocks:

@@ -156,7 +156,7 @@ def load_official_dit(
             f"{path} does not match the Cosmos-Predict1 DiT: "
             f"{len(missing)} missing ({', '.join(missing[:5])}), {len(unknown)} unexpected ({', '.join(unknown[:5])}), "
             f"{len(mismatched)} with other shapes ({', '.join(mismatched[:5])}).",
-            "use an official Cosmos-Predict1 Text2World model.pt.",
+            "use an official Cosmos-Predict1 Text2World or Video2World model.pt.",
         )
     net.load_state_dict(network, strict=True, assign=True)
     logvar = LogVarHead()

@@ -9,11 +9,17 @@ details are aligned (measured against the official code in `shared/fixtures/cosm
    channel ourselves (any batch size, no torchvision) and hand it in as `condition_mask`.
 3. The official network takes fps as a tensor and uses `fps[:1]`; diffusers takes a number.
 
-Sizes live in `DIT_SIZES`; `tiny` and `tiny14b` are the 7B and 14B architectures at test scale.
+Video2World (`VideoExtendGeneralDIT`) is the same network with one more input channel: the condition
+mask (1 on the latent frames given as condition), concatenated before the padding mask, so the patch
+embedding takes 18·1·2·2 = 72 features instead of 68 (shared/REFERENCE-video2world.md §1.2). Whether
+a checkpoint is one is read off that layer's width, never from a flag (`size_from_state_dict`).
+
+Sizes live in `DIT_SIZES`; `tiny`, `tiny14b` and `tiny-v2w` are the 7B, 14B and 7B Video2World
+architectures at test scale.
 """
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +28,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 QK_NORM_EPS = 1e-6
+LATENT_CHANNELS = 16
+PATCH_SIZE = (1, 2, 2)
+PATCH_VOLUME = PATCH_SIZE[0] * PATCH_SIZE[1] * PATCH_SIZE[2]
 
 
 @dataclass(frozen=True)
@@ -33,10 +42,16 @@ class DiTSize:
     adaln_lora_dim: int = 256
     max_size: tuple[int, int, int] = (128, 240, 240)  # latent (T, H, W)
     rope_scale: tuple[float, float, float] = (2.0, 1.0, 1.0)
+    video2world: bool = False  # a condition-mask input channel (Video2World), read off the checkpoint
 
     @property
     def width(self) -> int:
         return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def input_channels(self) -> int:
+        """Channels into the patch embedding: latents, [condition mask,] padding mask."""
+        return LATENT_CHANNELS + int(self.video2world) + 1
 
 
 DIT_SIZES: dict[str, DiTSize] = {
@@ -54,9 +69,12 @@ DIT_SIZES: dict[str, DiTSize] = {
         max_size=(16, 32, 32), rope_scale=(2.0, 2.0, 2.0),
     ),
 }
+# Video2World: the same networks with the condition-mask channel (official V2W configs: 7B faditv2_7b)
+DIT_SIZES["7b-v2w"] = replace(DIT_SIZES["7b"], video2world=True)
+DIT_SIZES["tiny-v2w"] = replace(DIT_SIZES["tiny"], video2world=True)
 # The official model each size is (the tiny sizes stand in for one in tests): picks the official
 # inference's folder names and what it can load.
-OFFICIAL_MODEL = {"7b": "7b", "14b": "14b", "tiny": "7b", "tiny14b": "14b"}
+OFFICIAL_MODEL = {"7b": "7b", "14b": "14b", "tiny": "7b", "tiny14b": "14b", "7b-v2w": "7b-v2w", "tiny-v2w": "7b-v2w"}
 
 
 def size_name(size: "DiTSize") -> str | None:
@@ -78,6 +96,7 @@ class CosmosDiT(CosmosTransformer3DModel):
         crossattn_emb: torch.Tensor,  # [B, L, D_text]
         fps: torch.Tensor | float = 24.0,
         padding_mask: torch.Tensor | None = None,  # [B or 1, 1, H_px, W_px]; zeros when None
+        condition_mask: torch.Tensor | None = None,  # Video2World only: [B or 1, 1, T, H, W]; zeros (no condition) when None
     ) -> torch.Tensor:
         batch, _, frames, height, width = x.shape
         if padding_mask is None:
@@ -85,6 +104,12 @@ class CosmosDiT(CosmosTransformer3DModel):
         else:
             mask = F.interpolate(padding_mask.float(), size=(height, width), mode="nearest").to(x.dtype)
             mask = mask.unsqueeze(2).expand(batch, 1, frames, height, width)
+        if self.video2world:  # official order: [latents, condition mask, padding mask]
+            if condition_mask is None:
+                condition_mask = x.new_zeros(batch, 1, frames, height, width)
+            mask = torch.cat([condition_mask.to(x.dtype).expand(batch, 1, frames, height, width), mask], dim=1)
+        elif condition_mask is not None:
+            raise ValueError("a condition mask was given to a Text2World DiT (it has no condition-mask input channel)")
         if isinstance(fps, torch.Tensor):
             fps = float(fps.reshape(-1)[0])  # NOTE: the official network also uses only fps[:1]
         timesteps = timesteps.reshape(-1).expand(batch)
@@ -97,17 +122,23 @@ class CosmosDiT(CosmosTransformer3DModel):
             return_dict=False,
         )[0]
 
+    @property
+    def video2world(self) -> bool:
+        """The network takes a condition-mask channel (Video2World)."""
+        return self.config.in_channels == LATENT_CHANNELS + 2
+
 
 def build_dit(size: DiTSize | str, device: torch.device | str | None = None) -> CosmosDiT:
     """A randomly initialised DiT; on device 'meta' it allocates nothing (for loading)."""
     size = DIT_SIZES[size] if isinstance(size, str) else size
     kwargs = asdict(size)
+    kwargs.pop("video2world")
     with torch.device(device or "cpu"):
         net = CosmosDiT(
-            in_channels=16 + 1,  # latent channels + the padding-mask channel we concatenate
-            out_channels=16,
+            in_channels=size.input_channels,  # latents + the mask channels we concatenate ourselves
+            out_channels=LATENT_CHANNELS,
             mlp_ratio=4.0,
-            patch_size=(1, 2, 2),
+            patch_size=PATCH_SIZE,
             concat_padding_mask=False,
             extra_pos_embed_type="learnable",
             **kwargs,
@@ -119,8 +150,14 @@ def build_dit(size: DiTSize | str, device: torch.device | str | None = None) -> 
 
 
 def size_from_state_dict(state: dict[str, torch.Tensor]) -> DiTSize:
-    """Reads the architecture off official (`net.*`) weights; rope_scale comes from the known sizes."""
-    width = state["net.x_embedder.proj.1.weight"].shape[0]
+    """Reads the architecture off official (`net.*`) weights; rope_scale comes from the known sizes.
+
+    Text2World or Video2World is the patch embedding's input width: 68 = (16 + 1)·4, 72 = (16 + 2)·4.
+    """
+    width, features = state["net.x_embedder.proj.1.weight"].shape
+    video2world = {(LATENT_CHANNELS + 1) * PATCH_VOLUME: False, (LATENT_CHANNELS + 2) * PATCH_VOLUME: True}.get(features)
+    if video2world is None:
+        raise ValueError(f"x_embedder.proj.1.weight takes {features} features: neither Text2World (68) nor Video2World (72)")
     num_layers = 1 + max(int(k.split(".")[2].removeprefix("block")) for k in state if k.startswith("net.blocks.block"))
     head_dim = state["net.blocks.block0.blocks.0.block.attn.to_q.1.weight"].shape[0]
     known = {s.width: s for s in DIT_SIZES.values()}
@@ -137,6 +174,7 @@ def size_from_state_dict(state: dict[str, torch.Tensor]) -> DiTSize:
             state["net.extra_pos_embedder.pos_emb_w"].shape[0] * 2,
         ),
         rope_scale=rope_scale,
+        video2world=video2world,
     )
 
 

@@ -5,6 +5,11 @@
     loss = mean( w(s)*(x0 - x0_pred)^2 * exp(-logvar(c_noise)) + logvar(c_noise) ),  w = (s^2+sd^2)/(s*sd)^2
 
 `logvar` is the checkpoint's frozen uncertainty head, so **negative losses are normal**.
+
+Video2World (official `ExtendDiffusionModel`, shared/REFERENCE-video2world.md §3.5) gives the first
+latent frames as condition: there the network input is the clean latent noised to a small augment
+sigma (rescaled to look preconditioned at it), and x0_pred is the clean latent, so those frames add
+zero MSE but still count in the mean (and still add their `logvar`).
 """
 
 import math
@@ -38,6 +43,25 @@ def precondition(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA) -> Precond
         c_in=as_5d(1 / total.sqrt()),
         c_noise=(0.25 * sigma.log()).float(),
     )
+
+
+def frame_indicator(condition_frames: int, frames: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """1 on the first `condition_frames` latent frames, `[1, 1, frames, 1, 1]`."""
+    return (torch.arange(frames, device=device) < condition_frames).float().view(1, 1, frames, 1, 1)
+
+
+def condition_mask(indicator: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The network's condition-mask channel `[B, 1, T, H, W]` for latents `like` `[B, C, T, H, W]`."""
+    batch, _, frames, height, width = like.shape
+    return indicator.expand(batch, 1, frames, height, width).contiguous()
+
+
+def augmented_condition(latent: torch.Tensor, noise: torch.Tensor, augment_sigma: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """(L + s_a*eps) * c_in(s_a) / c_in(sigma), per sample (`[B]` sigmas): inside the network input
+    (scaled by c_in(sigma)) the condition frames look preconditioned at s_a."""
+    device = latent.device
+    c_in_augment, c_in = precondition(augment_sigma).c_in.to(device), precondition(sigma).c_in.to(device)
+    return (latent + augment_sigma.float().to(device).view(-1, 1, 1, 1, 1) * noise) * c_in_augment / c_in
 
 
 def denoise(net: nn.Module, x_t: torch.Tensor, sigma: torch.Tensor, **condition) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,12 +114,32 @@ def loss_weight(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA) -> torch.Te
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
+@dataclass
+class TrainingCondition:
+    """Video2World training: the first `frames` latent frames of the clip are given."""
+
+    frames: int  # official: uniform on {0, 1, 2}, one draw per step
+    augment_sigma: torch.Tensor  # [B]; official: ln s_a ~ N(-3, 2)
+    augment_noise: torch.Tensor  # like x0; fresh, independent of the training noise
+
+
 def training_loss(
-    net: nn.Module, logvar: LogVarHead, x0: torch.Tensor, sigma: torch.Tensor, epsilon: torch.Tensor, **condition
+    net: nn.Module, logvar: LogVarHead, x0: torch.Tensor, sigma: torch.Tensor, epsilon: torch.Tensor,
+    frames: TrainingCondition | None = None, **condition
 ) -> TrainingLoss:
-    """The official `compute_loss_with_epsilon_and_sigma` with `loss_reduce="mean"`, in float32."""
+    """The official `compute_loss_with_epsilon_and_sigma` with `loss_reduce="mean"`, in float32.
+
+    With `frames` (a Video2World network): the condition frames as `ExtendDiffusionModel.denoise` has them.
+    """
     x_t = x0 + sigma.view(-1, 1, 1, 1, 1) * epsilon
-    x0_pred, _ = denoise(net, x_t, sigma, **condition)
+    if frames is None:
+        x0_pred, _ = denoise(net, x_t, sigma, **condition)
+    else:
+        indicator = frame_indicator(frames.frames, x0.shape[2], x0.device)
+        given = augmented_condition(x0, frames.augment_noise, frames.augment_sigma, sigma)
+        x_in = indicator * given + (1 - indicator) * x_t
+        x0_net, _ = denoise(net, x_in, sigma, condition_mask=condition_mask(indicator, x0), **condition)
+        x0_pred = indicator * x0 + (1 - indicator) * x0_net
     edm_loss = loss_weight(sigma).view(-1, 1, 1, 1, 1) * (x0 - x0_pred) ** 2
     head = logvar(precondition(sigma).c_noise)
     kendall = edm_loss.flatten(1) * torch.exp(-head) + head

@@ -187,7 +187,7 @@ def to_official_inference(state: dict[str, torch.Tensor], spec: LoraSpec) -> tup
     check_official_targets(spec)
     if spec.rank > OFFICIAL_INFERENCE_RANK:
         raise UserError(
-            f"This adapter has rank {spec.rank}; official LoRA inference (Cosmos_Predict1_Text2World_7B_Post_trained_lora) "
+            f"This adapter has rank {spec.rank}; official LoRA inference (Cosmos_Predict1_*_7B_Post_trained_lora) "
             f"builds rank-{OFFICIAL_INFERENCE_RANK} layers and would silently skip it.",
             "export with --merge: the LoRA merged into the weights needs no LoRA support and keeps every rank.",
         )
@@ -209,11 +209,15 @@ def to_official_inference(state: dict[str, torch.Tensor], spec: LoraSpec) -> tup
     return official, ignored
 
 
-# The folder names the official text2world.py accepts (`--diffusion_transformer_dir` has fixed choices).
+# The folder names the official text2world.py / video2world.py accept (`--diffusion_transformer_dir` has fixed
+# choices). Video2World LoRA inference (`Cosmos_Predict1_Video2World_7B_Post_trained_lora`) is built like
+# Text2World's: rank 8, scale 1, blocks 0-26 only (REFERENCE-video2world.md §2.7).
 OFFICIAL_DIRS = {
     ("7b", "lora"): "Cosmos-Predict1-7B-Text2World_post-trained-lora",
     ("7b", "merged"): "Cosmos-Predict1-7B-Text2World_post-trained",
     ("14b", "merged"): "Cosmos-Predict1-14B-Text2World_post-trained",
+    ("7b-v2w", "lora"): "Cosmos-Predict1-7B-Video2World_post-trained-lora",
+    ("7b-v2w", "merged"): "Cosmos-Predict1-7B-Video2World_post-trained",
 }
 
 
@@ -230,9 +234,12 @@ def official_inference_command(model_pt: Path, kind: str, size: str = "7b") -> l
     else:
         checkpoint_dir = "checkpoints"
         lines.append(f"mkdir -p {checkpoint_dir}/{folder} && mv {model_pt} {checkpoint_dir}/{folder}/model.pt")
+    script, given = "text2world.py", ""
+    if size == "7b-v2w":  # the image or video to continue, and how many of its last frames
+        script, given = "video2world.py", "--input_image_or_video_path <image or video> --num_input_frames 1 "
     lines.append(
-        "PYTHONPATH=$(pwd) python cosmos_predict1/diffusion/inference/text2world.py "
-        f"--checkpoint_dir {checkpoint_dir} --diffusion_transformer_dir {folder} "
+        f"PYTHONPATH=$(pwd) python cosmos_predict1/diffusion/inference/{script} "
+        f"--checkpoint_dir {checkpoint_dir} --diffusion_transformer_dir {folder} {given}"
         '--prompt "<your prompt>" --video_save_name lora --disable_guardrail --disable_prompt_upsampler'
     )
     return lines

@@ -1,6 +1,7 @@
-"""Tiny stand-ins for the three official checkpoints, made locally (no hub), in the official formats.
+"""Tiny stand-ins for the official checkpoints, made locally (no hub), in the official formats.
 
     <checkpoints>/cosmos-lora-tiny/Cosmos-Predict1-Tiny-Text2World/model.pt   flat `net.*` + `logvar.*`
+    <checkpoints>/cosmos-lora-tiny/Cosmos-Predict1-Tiny-Video2World/model.pt  the same with the condition-mask channel
     <checkpoints>/cosmos-lora-tiny/Cosmos-Tokenize1-Tiny/{encoder,decoder}.jit, mean_std.pt, image_mean_std.pt
     <checkpoints>/cosmos-lora-tiny/t5-tiny/   a T5 encoder checkpoint + tokenizer (transformers format)
 
@@ -21,6 +22,7 @@ from cosmos_lora.model.tokenizer import LATENT_CHANNELS
 
 TINY_ROOT = "cosmos-lora-tiny"
 TINY_DIT = f"{TINY_ROOT}/Cosmos-Predict1-Tiny-Text2World/model.pt"
+TINY_DIT_V2W = f"{TINY_ROOT}/Cosmos-Predict1-Tiny-Video2World/model.pt"
 TINY_TOKENIZER = f"{TINY_ROOT}/Cosmos-Tokenize1-Tiny"
 TINY_T5 = f"{TINY_ROOT}/t5-tiny"
 TINY_TEXT_DIM = 32
@@ -77,7 +79,8 @@ def write_tiny_tokenizer(folder: Path) -> None:
 
 
 def write_tiny_dit(path: Path, seed: int = 0, size: str = "tiny") -> None:
-    """A random DiT of a test size (`tiny`, or `tiny14b`: the 14B's head count and RoPE) in the official format."""
+    """A random DiT of a test size (`tiny`; `tiny14b`: the 14B's head count and RoPE; `tiny-v2w`: Video2World's
+    condition-mask channel) in the official format."""
     torch.manual_seed(seed)
     net, logvar = build_dit(size), LogVarHead()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,11 +118,14 @@ def write_tiny_t5(folder: Path, seed: int = 0, d_model: int = TINY_TEXT_DIM) -> 
 
 
 def write_tiny_checkpoints(checkpoints_dir: Path) -> dict[str, Path]:
-    """Creates what is missing; returns the three paths (relative names are TINY_*)."""
+    """Creates what is missing; returns the paths (relative names are TINY_*)."""
     checkpoints_dir = Path(checkpoints_dir)
-    paths = {"dit": checkpoints_dir / TINY_DIT, "tokenizer": checkpoints_dir / TINY_TOKENIZER, "text_encoder": checkpoints_dir / TINY_T5}
+    paths = {"dit": checkpoints_dir / TINY_DIT, "tokenizer": checkpoints_dir / TINY_TOKENIZER, "text_encoder": checkpoints_dir / TINY_T5,
+             "dit_v2w": checkpoints_dir / TINY_DIT_V2W}
     if not paths["dit"].is_file():
         write_tiny_dit(paths["dit"])
+    if not paths["dit_v2w"].is_file():
+        write_tiny_dit(paths["dit_v2w"], size="tiny-v2w")
     if not (paths["tokenizer"] / "decoder.jit").is_file():
         write_tiny_tokenizer(paths["tokenizer"])
     if not (paths["text_encoder"] / "tokenizer.json").is_file():

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from cosmos_lora.config import LazyDict, load_preset
 from cosmos_lora.config.experiment import changed_keys
-from cosmos_lora.config.settings import is_count, label
+from cosmos_lora.config.settings import is_count, is_positive, label
 from cosmos_lora.data.dataset import dit_size, require_valid_dataset
 from cosmos_lora.distributed import Launch
 from cosmos_lora.errors import Problems, UserError
-from cosmos_lora.model.tokenizer import check_tokenizer_folder
+from cosmos_lora.model.tokenizer import check_tokenizer_folder, latent_frames
 from cosmos_lora.run_folder import RunFolder
 
 # What a resume may change: how long to train, how often to log and save, loader speed, memory
@@ -63,6 +63,9 @@ def check_inputs(config: LazyDict, resume: bool = False, launch: Launch | None =
     if size is not None and is_count(first_blocks) and first_blocks > size.num_layers:
         found.add(f"{label('model.lora.first_blocks')} is {first_blocks}, but the DiT has {size.num_layers} blocks.",
                   f"give at most --first-blocks {size.num_layers}, or leave it out for every block.")
+    if size is not None:
+        with found.check():
+            check_video2world(config, size)
     if is_count(config.trainer.validate_every):
         with found.check():
             check_validation(config)
@@ -88,6 +91,29 @@ def check_checkpoints(config: LazyDict):
     tokenizer = checkpoints / config.model.tokenizer
     check_tokenizer_folder(tokenizer)
     return dit_size(dit)
+
+
+def check_video2world(config: LazyDict, size) -> None:
+    """The recipe agrees with the checkpoint: a Video2World DiT (read off its weights) trains with the
+    `model.video2world` keys, a Text2World one without them, and the condition frames fit the clip."""
+    recipe, dit = config.model.get("video2world"), Path(config.model.checkpoints_dir) / config.model.dit
+    if size.video2world and recipe is None:
+        raise UserError(f"{dit} is a Video2World checkpoint, but the config has no Video2World recipe (model.video2world).",
+                        "use --model 7b-v2w (preset video2world_7b_lora), or a Text2World checkpoint.")
+    if not size.video2world and recipe is not None:
+        raise UserError(f"The config trains Video2World (model.video2world), but {dit} is a Text2World checkpoint.",
+                        "point model.dit at Cosmos-Predict1-7B-Video2World/model.pt (`download --model 7B-Video2World`), "
+                        "or use --model 7b.")
+    if recipe is None:
+        return
+    frames, latent = list(recipe.condition_frames), latent_frames(config.model.num_frames)
+    if not frames or not all(is_count(n, 0) and n < latent for n in frames):
+        raise UserError(f"model.video2world.condition_frames {frames} must be latent frame counts from 0 to {latent - 1} "
+                        f"(clips of {config.model.num_frames} frames have {latent}).",
+                        "use the official -- 'model.video2world.condition_frames=[0,1,2]'.")
+    if not is_positive(recipe.augment_sigma_p_std) or not is_positive(config.model.get("sigma_multiplier", 1.0)):
+        raise UserError("model.video2world.augment_sigma_p_std and model.sigma_multiplier must be finite numbers > 0.",
+                        "use the official values 2 and 4.")
 
 
 def check_training_size(config: LazyDict) -> tuple[int, int]:

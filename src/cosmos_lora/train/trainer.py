@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from cosmos_lora.config import LazyDict, instantiate
 from cosmos_lora.errors import UserError
 from cosmos_lora.model.checkpoint import base_fingerprint
-from cosmos_lora.model.edm import SIGMA_DATA, sample_training_sigma, training_loss
+from cosmos_lora.model.edm import SIGMA_DATA, TrainingCondition, sample_training_sigma, training_loss
 from cosmos_lora.model.lora import adapter_summary, file_names, lora_parameters, lora_state_dict
 from cosmos_lora.model.network import BlockSettings, NewLora, build_network
 from cosmos_lora.model.tokenizer import VideoTokenizer
@@ -156,7 +156,7 @@ class Trainer:
         self.noise_generator = torch.Generator().manual_seed(seed * 1_000_003 + dist_info.rank)
         self.checkpointer = Checkpointer(
             self.run_dir, dist_info, self.spec, config.checkpoint.keep_states,
-            {"base_fingerprint": base_fingerprint(dit_path), "base": config.model.dit},
+            {"base_fingerprint": base_fingerprint(dit_path), "base": config.model.dit, "video2world": self.net.video2world},
         )
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -219,13 +219,26 @@ class Trainer:
         text = batch["t5_text_embeddings"].to(self.device, non_blocking=True)
         keep = torch.rand(text.shape[0], generator=self.noise_generator) >= self.config.model.text_dropout
         text = text * keep.to(self.device, text.dtype).view(-1, 1, 1)
-        sigma = sample_training_sigma(
-            x0.shape[0], self.noise_generator, self.config.model.sigma_p_mean, self.config.model.sigma_p_std
-        ).to(self.device)
+        m = self.config.model
+        sigma = sample_training_sigma(x0.shape[0], self.noise_generator, m.sigma_p_mean, m.sigma_p_std)
+        sigma = (sigma * m.get("sigma_multiplier", 1.0)).to(self.device)  # runs saved before the key: 1
         epsilon = torch.randn(x0.shape, generator=self.noise_generator).to(self.device)
+        frames = self._condition_frames(x0) if self.net.video2world else None
         autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
         with autocast:
-            return training_loss(self.model, self.logvar, x0, sigma, epsilon, crossattn_emb=text, fps=batch["fps"]).loss
+            return training_loss(self.model, self.logvar, x0, sigma, epsilon, frames, crossattn_emb=text, fps=batch["fps"]).loss
+
+    def _condition_frames(self, x0: torch.Tensor) -> TrainingCondition:
+        """Video2World: how many of the clip's first latent frames are given (one draw for the batch, as
+        the official `first_random_n`), their augment sigma (per clip) and their noise."""
+        recipe = self.config.model.video2world
+        choices = list(recipe.condition_frames)
+        frames = choices[int(torch.randint(len(choices), (1,), generator=self.noise_generator))]
+        augment_sigma = sample_training_sigma(
+            x0.shape[0], self.noise_generator, recipe.augment_sigma_p_mean, recipe.augment_sigma_p_std
+        )
+        noise = torch.randn(x0.shape, generator=self.noise_generator).to(self.device)
+        return TrainingCondition(frames, augment_sigma.to(self.device), noise)
 
     def validate(self) -> Path:
         """Sample videos with the current LoRA (unwrapped from DDP: no collectives in its forward)."""

@@ -11,6 +11,10 @@ prompt) go through T5 once, when training starts, and T5 is freed straight away:
 never stays beside the DiT. Sampling is `cosmos-lora infer`'s at the run's size and fps, with
 fewer steps: the initial noise of seed k is the one `infer --seed k` uses.
 
+A Video2World run's samples continue an image, as `infer --image` does: prompt i continues the first
+frame of the dataset's clip i (clips sorted by name, one per prompt; the dataset has no held-out
+split, so these clips are also trained on).
+
 Validation changes nothing that training depends on: the network runs under no_grad in eval mode
 (activation-checkpointed blocks then simply run forward), the noise comes from a generator of its
 own, the global CPU/CUDA RNG states are restored afterwards, and EMA weights swapped in for sampling
@@ -29,10 +33,11 @@ import torch.distributed as dist
 
 from cosmos_lora.config import LazyDict
 from cosmos_lora.data import video_metrics
-from cosmos_lora.data.video import write_video
+from cosmos_lora.data.layout import DatasetLayout
+from cosmos_lora.data.video import read_video, write_video
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.files import atomic_write
-from cosmos_lora.model.generation import VideoSettings, generate_video
+from cosmos_lora.model.generation import VideoInput, VideoSettings, generate_video
 from cosmos_lora.model.prompts import Prompt, named_prompts
 from cosmos_lora.model.text_encoder import embed_texts
 from cosmos_lora.model.tokenizer import VideoTokenizer
@@ -55,6 +60,9 @@ class Validator:
         self.out_dir = RunFolder(config.job.run_dir).samples_dir
         self.group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT) if dist_info.enabled else None
         self.embeddings: dict[str, torch.Tensor] = {}
+        self.inputs: dict[str, np.ndarray] = {}  # Video2World: the frame each prompt's samples continue
+        if dist_info.is_main and config.model.get("video2world") is not None:
+            self.inputs = first_frames(Path(config.dataloader_train.dataset.root), [p.name for p in self.prompts])
         if dist_info.is_main:
             text_encoder = Path(config.model.checkpoints_dir) / config.model.text_encoder
             texts = [p.text for p in self.prompts] + [p.negative for p in self.prompts]
@@ -107,11 +115,20 @@ class Validator:
         """uint8 `[T, H, W, 3]` frames for one prompt and seed, as `cosmos-lora infer` makes them (under
         autocast, as in training: bf16 base, fp32 LoRA weights)."""
         text, negative = self.embeddings[prompt.text], self.embeddings[prompt.negative]
-        return generate_video(net, tokenizer, text, negative, seed, self.video, self.device, self.dtype, autocast=True)[0]
+        given = VideoInput(self.inputs[prompt.name]) if prompt.name in self.inputs else None
+        return generate_video(net, tokenizer, text, negative, seed, self.video, self.device, self.dtype, autocast=True,
+                              given=given)[0]
 
     def _wait(self) -> None:
         if self.group is not None:
             dist.barrier(group=self.group)
+
+
+def first_frames(dataset: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """name -> uint8 `[1, H, W, 3]`: the first frame of the dataset's i-th clip for the i-th name (cycling)."""
+    clips = DatasetLayout(dataset).clips()
+    return {name: read_video(DatasetLayout(dataset).video(clips[i % len(clips)]), max_frames=1)[0]
+            for i, name in enumerate(names)} if clips else {}
 
 
 @contextmanager
