@@ -55,7 +55,7 @@ def build_network(
     dit: Path,
     device: torch.device,
     dtype: torch.dtype,
-    lora: NewLora | list[Adapter] | None = None,
+    lora: NewLora | Adapter | list[Adapter] | None = None,
     fp8: bool = False,
     blocks: BlockSettings = BlockSettings(),
 ) -> Network:
@@ -68,7 +68,7 @@ def build_network(
         spec = spec_for(len(net.transformer_blocks), lora.rank, lora.scale, lora.first_blocks, lora.extra_targets)
         add_lora(net, spec, seed=lora.seed)
     elif lora:
-        spec = _attach_adapters(net, lora, dtype, dit)
+        spec = _attach_adapters(net, [lora] if isinstance(lora, Adapter) else lora, dtype, dit)
     if fp8:
         use_fp8_linears(net)
     recomputed = configure_blocks(
