@@ -60,11 +60,20 @@ def seconds(argv: list[str], env: dict, repeats: int) -> dict[str, list[float]]:
     return times
 
 
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    load_at_start = os.getloadavg()  # other processes on the same cores stretch the wall times
     with tempfile.TemporaryDirectory() as root:
         env = os.environ | {"COSMOS_LORA_CHECKPOINTS": f"{root}/checkpoints", "COSMOS_LORA_DATASETS": f"{root}/datasets",
                             "COSMOS_LORA_OUTPUTS": f"{root}/outputs", "HF_ENDPOINT": UNREACHABLE_HUB}
@@ -74,8 +83,8 @@ def main() -> None:
         rows += [(f"cosmos-lora {' '.join(c)}", seconds([sys.executable, "-m", "cosmos_lora", *c], env, args.repeats))
                  for c in COMMANDS]
     report = {
-        "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
-        "cpu": platform.processor() or platform.machine(), "python": platform.python_version(), "repeats": args.repeats,
+        "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
+        "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(), "repeats": args.repeats,
         "seconds": {name: {f"{kind}_median": statistics.median(values) for kind, values in times.items()} | times
                     for name, times in rows},
     }
