@@ -2,10 +2,9 @@
 
 Each command runs `repeats` times after one warm-up run (which writes the .pyc files); the median
 wall and CPU (user + system) times are reported, with `python -c pass` and `python -c "import torch"`
-beside them for scale.
-`runs` and `runs show` read one finished run folder made here; `download --dry-run` talks to a hub
-address where nothing listens, so it measures everything but the network round trips (it ends in
-its one-line "Could not reach" error).
+beside them for scale. `runs` lists 50 finished run folders made here and `runs show` reads one;
+`download --dry-run` talks to a hub address where nothing listens, so it measures everything but
+the network round trips (it ends in its one-line "Could not reach" error).
 
     PYTHONPATH=src python benchmarks/cli_startup.py --out benchmarks/results/cli_startup.json
 """
@@ -29,6 +28,7 @@ COMMANDS = [
     ["posttrain", "--help"], ["infer", "--help"], ["export", "--help"], ["merge", "--help"], ["demo", "--help"],
 ]
 UNREACHABLE_HUB = "http://127.0.0.1:9"
+RUNS = 50  # run folders `runs` lists: a user's outputs after a few weeks of experiments
 
 
 def write_run(runs_dir: Path, name: str) -> None:
@@ -77,7 +77,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         env = os.environ | {"COSMOS_LORA_CHECKPOINTS": f"{root}/checkpoints", "COSMOS_LORA_DATASETS": f"{root}/datasets",
                             "COSMOS_LORA_OUTPUTS": f"{root}/outputs", "HF_ENDPOINT": UNREACHABLE_HUB}
-        write_run(Path(root, "outputs", "runs"), "bench")
+        for k in range(RUNS):
+            write_run(Path(root, "outputs", "runs"), "bench" if k == 0 else f"bench{k:02d}")
         rows = [("python -c pass", seconds([sys.executable, "-c", "pass"], env, args.repeats)),
                 ("python -c 'import torch'", seconds([sys.executable, "-c", "import torch"], env, args.repeats))]
         rows += [(f"cosmos-lora {' '.join(c)}", seconds([sys.executable, "-m", "cosmos_lora", *c], env, args.repeats))

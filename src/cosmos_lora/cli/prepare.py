@@ -43,8 +43,7 @@ def prepare(
     )
     if summary.videos_upscaled:
         note(f"{summary.videos_upscaled} of {summary.videos_cut} source(s) were smaller than {resolution[0]}x"
-             f"{resolution[1]} (height x width) and were upscaled (up to {summary.max_upscale:.1f}x): their clips "
-             "look softer than the model's usual data.")
+             f"{resolution[1]} (height x width) and were upscaled (up to {summary.max_upscale:.1f}x).")
     if summary.clips_written + summary.clips_skipped_existing == 0:
         raise UserError(f"No clip was produced from {source}.", "check failed.csv and the frame count (--frames, --pad).")
     for dataset in summary.datasets:
