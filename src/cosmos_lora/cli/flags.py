@@ -17,7 +17,7 @@ TRUE_WORDS = {"true", "yes", "y", "on", "1", "t"}
 FALSE_WORDS = {"false", "no", "n", "off", "0", "f"}
 
 
-class _FlagsWithoutType:
+class _FlagsTakeNoValue:
     """Mixed into typer's command and group classes (before them, so these methods win)."""
 
     def get_params(self, ctx):
@@ -36,11 +36,11 @@ class _FlagsWithoutType:
         return super().parse_args(ctx, args)
 
 
-class FlagCommand(_FlagsWithoutType, TyperCommand):
+class FlagCommand(_FlagsTakeNoValue, TyperCommand):
     pass
 
 
-class FlagGroup(_FlagsWithoutType, TyperGroup):
+class FlagGroup(_FlagsTakeNoValue, TyperGroup):
     pass
 
 
