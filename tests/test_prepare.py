@@ -526,3 +526,38 @@ def test_sigterm_stops_every_worker_at_once_and_a_rerun_finishes(tmp_path, datas
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{28 - made} clip(s) written, {made} already there" in rerun.stderr
     assert len(read_csv(dataset / "index.csv")) == 28
+
+
+def test_sources_smaller_than_the_clip_size_are_counted_as_upscaled(tmp_path, datasets):
+    src = tmp_path / "raw"
+    write_source(src / "small.mp4", CLIP, 16, 24, 24)  # half the clip size: upscaled 2x
+    write_source(src / "narrow.mp4", CLIP, 32, 40, 24)  # 32x40 covers 32x48 at 1.2x
+    write_source(src / "big.mp4", CLIP, 64, 96, 24)  # downscaled only
+    for name in ("small", "narrow", "big"):
+        (src / f"{name}.txt").write_text(name)
+    done = cli(str(src), "--name", "x/y", "--frames", str(CLIP), "--resolution", "32", "48", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    assert ("2 of 3 source(s) were smaller than 32x48 (height x width) and were upscaled (up to 2.0x)"
+            in done.stderr), done.stderr
+    assert [probe_video(p).height for p in sorted((datasets / "x" / "y" / "videos").iterdir())] == [HEIGHT] * 3
+    only_big = tmp_path / "only_big"
+    write_source(only_big / "big.mp4", CLIP, 64, 96, 24)
+    (only_big / "big.txt").write_text("big")
+    quiet = cli(str(only_big), "--name", "x/z", "--frames", str(CLIP), "--resolution", "32", "48", "--workers", "1")
+    assert quiet.returncode == 0 and "upscaled" not in quiet.stderr, quiet.stderr
+
+
+@pytest.mark.parametrize("name, source, message", [
+    ("sports", "folder", "--name 'sports' is not COLLECTION/DOMAIN."),
+    ("a/b/c", "folder", "--name 'a/b/c' is not COLLECTION/DOMAIN."),
+    ("vript/sports", "vript", "for a Vript source --name is the COLLECTION alone"),
+])
+def test_name_must_be_collection_and_domain_before_any_work(tmp_path, datasets, vript_folder, name, source, message):
+    src = vript_folder if source == "vript" else tmp_path / "raw"
+    if source == "folder":
+        write_source(src / "v.mp4", CLIP, 32, 48, 24)
+        (src / "v.txt").write_text("v")
+    refused = cli(str(src), "--name", name, "--frames", str(CLIP), "--resolution", "32", "48", "--workers", "1")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and len(lines) == 2 and message in lines[0] and lines[1].startswith("Fix:"), refused.stderr
+    assert not datasets.exists()  # refused before anything was written

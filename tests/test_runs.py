@@ -158,3 +158,13 @@ def test_show_errors_and_an_empty_runs_folder(cli_env, tmp_path):
     listed = {r["name"]: r for r in json.loads(cli("runs", "--json").stdout)["runs"]}
     assert listed["fresh"]["state"] == "new" and listed["broken"]["state"] == "unreadable"  # one bad run hides no other
     assert "ParserError" in listed["broken"]["message"]
+
+
+def test_hand_edited_numbers_are_listed_as_numbers(cli_env):
+    """YAML reads `1e-4` as text where OmegaConf (posttrain --config) reads a number; the listing agrees with posttrain."""
+    run_dir = make_run(cli_env.outputs / "runs", "edited")
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 0.002", "lr: 1e-4", 1))
+    listed = json.loads(cli("runs", "--json").stdout)["runs"]
+    assert [(r["name"], r["lr"], r["rank"], r["state"]) for r in listed] == [("edited", 1e-4, 8, "new")]
+    assert "0.0001" in cli("runs").stdout

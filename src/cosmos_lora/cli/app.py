@@ -5,11 +5,12 @@ from pathlib import Path
 import typer
 
 from cosmos_lora.cli import demo, download, embed, export, infer, merge, posttrain, prepare, runs
+from cosmos_lora.cli.flags import Cli
 from cosmos_lora.cli.output import guarded
 from cosmos_lora.paths import Roots
 from cosmos_lora.torch_version import check_torch
 
-app = typer.Typer(
+app = Cli(
     name="cosmos-lora",
     help="LoRA post-training and inference for NVIDIA Cosmos-Predict1-7B-Text2World.",
     no_args_is_help=True,

@@ -31,14 +31,19 @@ def guarded(command):
             except KeyboardInterrupt:
                 raise Stopped("Stopped (Ctrl-C).", "rerun the same command: finished work is kept.") from None
         except UserError as error:
-            if os.environ.get("COSMOS_LORA_DEBUG"):
-                raise
-            err.print(f"[bold red]Error:[/] {error.problem}", markup=True)
-            if error.fix:
-                err.print(f"[bold]Fix:[/] {error.fix}", markup=True)
-            raise typer.Exit(error.exit_code) from None
+            raise report_user_error(error) from None
 
     return wrapper
+
+
+def report_user_error(error: UserError) -> typer.Exit:
+    """Prints the error's two lines; the Exit to raise. COSMOS_LORA_DEBUG=1 re-raises the error itself."""
+    if os.environ.get("COSMOS_LORA_DEBUG"):
+        raise error
+    err.print(f"[bold red]Error:[/] {error.problem}", markup=True)
+    if error.fix:
+        err.print(f"[bold]Fix:[/] {error.fix}", markup=True)
+    return typer.Exit(error.exit_code)
 
 
 @contextlib.contextmanager

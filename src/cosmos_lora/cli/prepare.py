@@ -28,9 +28,12 @@ def prepare(
     already written and verified are skipped. Broken inputs are listed in failed.csv and do not stop the job.
     """
     from cosmos_lora.data.prepare import prepare_clips
+    from cosmos_lora.data.sources import detect_source_format
     from cosmos_lora.errors import UserError
 
     root = ctx.obj.dataset(name)
+    vript = source_format == "vript" or (source_format == "auto" and detect_source_format(source) == "vript")
+    _check_name_parts(name, vript)
     summary = prepare_clips(source, root, frames, max_clips, resolution[0], resolution[1], workers, pad,
                             source_format=source_format)
     note(
@@ -38,10 +41,27 @@ def prepare(
         f"already there, {summary.videos_too_short} video(s) too short, {summary.videos_failed} failed "
         f"(see {root / 'failed.csv'})."
     )
+    if summary.videos_upscaled:
+        note(f"{summary.videos_upscaled} of {summary.videos_cut} source(s) were smaller than {resolution[0]}x"
+             f"{resolution[1]} (height x width) and were upscaled (up to {summary.max_upscale:.1f}x).")
     if summary.clips_written + summary.clips_skipped_existing == 0:
         raise UserError(f"No clip was produced from {source}.", "check failed.csv and the frame count (--frames, --pad).")
     for dataset in summary.datasets:
         result(str(dataset))
+
+
+def _check_name_parts(name: str, vript: bool) -> None:
+    """Datasets are COLLECTION/DOMAIN, as posttrain and embed name them; Vript's categories are its domains."""
+    from cosmos_lora.errors import UserError
+    from cosmos_lora.paths import check_dataset_name
+
+    parts = check_dataset_name(name).split("/")
+    if vript and len(parts) != 1:
+        raise UserError(f"--name {name!r}: for a Vript source --name is the COLLECTION alone; each video category "
+                        "becomes its DOMAIN.", f"pass --name {parts[0]} (clips go to {parts[0]}/<category>).")
+    if not vript and len(parts) != 2:
+        example = f"my-videos/{parts[0]}" if len(parts) == 1 else f"{parts[0]}/{'-'.join(parts[1:])}"
+        raise UserError(f"--name {name!r} is not COLLECTION/DOMAIN.", f"pass two parts, e.g. --name {example}.")
 
 
 def register(app: typer.Typer) -> None:

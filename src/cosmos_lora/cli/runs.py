@@ -4,9 +4,10 @@ from pathlib import Path
 
 import typer
 
+from cosmos_lora.cli.flags import Cli
 from cosmos_lora.cli.output import examples, guarded, note, result, result_json
 
-runs_app = typer.Typer(help="List runs (state, progress, loss, size); `runs show NAME` for one run.", no_args_is_help=False)
+runs_app = Cli(help="List runs (state, progress, loss, size); `runs show NAME` for one run.", no_args_is_help=False)
 COLUMNS = ("NAME", "DATASET", "RANK", "SCALE", "LR", "STEPS", "LOSS", "STATE", "SIZE")
 
 

@@ -36,7 +36,8 @@ from pathlib import Path
 from cosmos_lora.data.layout import FAILED_COLUMNS, DatasetLayout, update_index, write_csv
 from cosmos_lora.data.sources import SOURCE_SUFFIXES, SourceVideo, TimedCaption, find_sources
 from cosmos_lora.data.sources import relative as _relative
-from cosmos_lora.data.video import VideoWriter, count_frames, iter_video_frames, probe_video, resize_cover_crop
+from cosmos_lora.data.video import (VideoWriter, count_frames, cover_scale, iter_video_frames, probe_video,
+                                    resize_cover_crop)
 from cosmos_lora.errors import EXIT_STOPPED, Stopped, UserError
 from cosmos_lora.files import atomic_write
 from cosmos_lora.progress import progress_bar
@@ -72,6 +73,7 @@ class ClipJob:
     fps: float
     loop_pad: bool = False  # the source is shorter than a clip: repeat it from the start
     domain: str = ""  # the clip goes to `<out_root>/<domain>/`
+    source_size: tuple[int, int] = (0, 0)  # the source's height and width
 
 
 @dataclass
@@ -91,6 +93,9 @@ class PrepareSummary:
     out_root: Path
     source_format: str = "folder"
     clips_per_domain: dict[str, int] = field(default_factory=dict)  # "" is out_root itself
+    videos_cut: int = 0  # sources that gave clips
+    videos_upscaled: int = 0  # of those, sources smaller than the clip size (they look softer)
+    max_upscale: float = 1.0  # the largest factor one of them was scaled up by
 
     @property
     def datasets(self) -> list[Path]:
@@ -146,11 +151,13 @@ def prepare_clips(src: Path, out_root: Path, clip_frames: int = 121, max_clips_p
         update_index(DatasetLayout(out_root / domain), rows)
     write_csv(DatasetLayout(out_root).failed_csv, FAILED_COLUMNS,
               sorted(failures + too_short, key=lambda row: row["source"]))
+    upscales = [scale for scale in (cover_scale(*jobs[0].source_size, height, width) for jobs in all_jobs) if scale > 1]
     return PrepareSummary(clips_written=sum(len(r.written) for _, r in cuts),
                           clips_skipped_existing=sum(len(r.existing) for _, r in cuts),
                           videos_too_short=len(too_short), videos_failed=len({row["source"] for row in failures}),
                           out_root=out_root, source_format=source_format,
-                          clips_per_domain={domain: len(rows) for domain, rows in sorted(per_domain.items())})
+                          clips_per_domain={domain: len(rows) for domain, rows in sorted(per_domain.items())},
+                          videos_cut=len(all_jobs), videos_upscaled=len(upscales), max_upscale=max(upscales, default=1.0))
 
 
 # ---------------------------------------------------------------- 2. planning: which windows, which caption
@@ -188,7 +195,8 @@ def plan_windows(source: SourceVideo, clip_frames: int, max_clips: int | None,
         return [], f"{TOO_SHORT}: {info.frames} frames < {clip_frames} per clip (use pad to loop it)"
     starts = [k * clip_frames for k in range(num_windows)] or [0]  # [0] alone: one loop-padded clip
     return [ClipJob(source.path, start, source.caption, source.caption_source, f"{source.name}_{k:03d}",
-                    info.fps, loop_pad=num_windows == 0, domain=source.domain) for k, start in enumerate(starts)], None
+                    info.fps, loop_pad=num_windows == 0, domain=source.domain, source_size=(info.height, info.width))
+            for k, start in enumerate(starts)], None
 
 
 def caption_by_overlap(job: ClipJob, scenes: tuple[TimedCaption, ...], clip_frames: int) -> ClipJob | None:
@@ -215,7 +223,8 @@ def plan_range_windows(source: SourceVideo, clip_frames: int,
     `<name>_<r:03d>_<k:03d>` (range r, window k), so the names do not depend on the limit.
     """
     try:
-        fps = probe_video(source.path, max_frames=1).fps
+        info = probe_video(source.path, max_frames=1)
+        fps = info.fps
         last = max(_frame_at(scene.end, fps, math.floor) for scene in source.ranges)
         frames = count_frames(source.path, limit=max(last, 1))
     except UserError as err:
@@ -231,7 +240,7 @@ def plan_range_windows(source: SourceVideo, clip_frames: int,
         return [], f"{TOO_SHORT}: no captioned range holds {clip_frames} frames (longest: {max(longest, 0)})"
     chosen = sorted(candidates)[:max_clips] if max_clips else candidates
     return [ClipJob(source.path, start, source.ranges[r].caption, source.ranges[r].label,
-                    f"{source.name}_{r:03d}_{k:03d}", fps, domain=source.domain)
+                    f"{source.name}_{r:03d}_{k:03d}", fps, domain=source.domain, source_size=(info.height, info.width))
             for k, r, start in sorted(chosen, key=lambda c: c[2])], None
 
 

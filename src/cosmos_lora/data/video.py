@@ -215,6 +215,11 @@ def _stops_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
+def cover_scale(src_h: int, src_w: int, height: int, width: int) -> float:
+    """The factor `resize_cover_crop` scales a src_h x src_w frame by: above 1, it is upscaled."""
+    return max(height / src_h, width / src_w)
+
+
 def resize_cover_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """Scales `[T, h, w, 3]` frames to cover `height` x `width`, then centre-crops to exactly that.
 
@@ -226,7 +231,7 @@ def resize_cover_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray
     src_h, src_w = frames.shape[1:3]
     if (src_h, src_w) == (height, width):
         return frames
-    scale = max(height / src_h, width / src_w)
+    scale = cover_scale(src_h, src_w, height, width)
     crop_h, crop_w = height / scale, width / scale
     top, left = (src_h - crop_h) / 2, (src_w - crop_w) / 2
     box = (left, top, left + crop_w, top + crop_h)

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
 
 from cosmos_lora.errors import UserError
 from cosmos_lora.files import publishing
@@ -69,7 +69,7 @@ def _summarize_or_report(run_dir: Path, now: float | None, alive: set[Path]) -> 
 def summarize(run_dir: Path, now: float | None = None, alive: set[Path] | None = None) -> RunSummary:
     run = RunFolder(run_dir)
     now = time.time() if now is None else now
-    config = OmegaConf.load(run.config_file)
+    config = _read_config(run.config_file)
     rows = read_metrics(run.path)
     status, latest = run.read_status() or {}, run.read_latest() or {}
     last = max((p.stat().st_mtime for p in _activity_files(run)), default=None)
@@ -84,10 +84,10 @@ def summarize(run_dir: Path, now: float | None = None, alive: set[Path] | None =
                        "process for it runs on this machine: it was probably killed. Resume it with "
                        f"`cosmos-lora posttrain --config {run.config_file} --resume`.")
     return RunSummary(
-        name=run.name, path=str(run.path), dataset=OmegaConf.select(config, "job.dataset"),
-        rank=OmegaConf.select(config, "model.lora.rank"), scale=OmegaConf.select(config, "model.lora.scale"),
-        lr=OmegaConf.select(config, "optimizer.lr"), steps_done=steps_done,
-        steps_total=OmegaConf.select(config, "trainer.max_iter"),
+        name=run.name, path=str(run.path), dataset=_field(config, "job.dataset"),
+        rank=_field(config, "model.lora.rank", int), scale=_field(config, "model.lora.scale", float),
+        lr=_field(config, "optimizer.lr", float), steps_done=steps_done,
+        steps_total=_field(config, "trainer.max_iter", int),
         loss_smoothed=rows[-1]["loss_smoothed"] if rows else None, state=state, size_bytes=disk_usage(run.path),
         last_write=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(last)) if last else None,
         quiet_s=round(now - last, 1) if last else None, latest_save=latest.get("step"), message=message,
@@ -146,7 +146,26 @@ def _recent_s_per_step(rows: list[dict]) -> float | None:
 
 def _log_interval_s(config, rows: list[dict]) -> float:
     """Seconds between metrics rows, from the logged s/step (0 before the first row)."""
-    return (OmegaConf.select(config, "trainer.log_every") or 1) * (_recent_s_per_step(rows) or 0.0)
+    return (_field(config, "trainer.log_every", int) or 1) * (_recent_s_per_step(rows) or 0.0)
+
+
+def _read_config(path: Path) -> dict:
+    """config.yaml as plain data. Not OmegaConf.load: building its node tree costs ten times the parse,
+    which a listing of many runs pays once per run; the file is resolved, so there is nothing to interpolate."""
+    with open(path, encoding="utf-8") as f:
+        config = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    if not isinstance(config, dict):
+        raise ValueError(f"{path.name} is not a mapping of sections")
+    return config
+
+
+def _field(config: dict, dotted: str, kind: type | None = None):
+    """config["a"]["b"] for "a.b", or None where a section or key is missing; `kind` converts a
+    hand-edited "1e-4" (YAML reads it as text, OmegaConf as a number) the way OmegaConf would."""
+    value = config
+    for key in dotted.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return kind(value) if kind is not None and value is not None else value
 
 
 def _trainer_configs() -> set[Path]:

@@ -1,0 +1,105 @@
+"""Listing and help commands answer at once (they import no model stack), and boolean options are flags."""
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import typer
+
+from cli_helpers import assert_ok, assert_user_error, cli
+from cosmos_lora.cli.app import app
+from cosmos_lora.config import load_preset, resolved, save_config
+from cosmos_lora.train.metrics import COLUMNS
+from cosmos_lora.train.status import write_status
+
+HEAVY = ("torch", "diffusers", "transformers", "peft", "safetensors", "numpy", "PIL", "imageio_ffmpeg")
+UNREACHABLE_HUB = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused at once
+
+
+def every_command() -> list[list[str]]:
+    """[command] and [group, command] for everything `cosmos-lora --help` lists, subcommands included."""
+    root = typer.main.get_command(app)
+    paths = []
+    for name, command in root.commands.items():
+        paths.append([name])
+        paths += [[name, sub] for sub in getattr(command, "commands", {})]
+    return paths
+
+
+def write_run(runs_dir, name: str):
+    """A run folder as the trainer leaves it after 10 steps: config.yaml, metrics.csv, status.json."""
+    config = load_preset("tiny_lora")
+    config.job.name, config.job.dataset, config.job.run_dir = name, "demo/shapes", str(runs_dir / name)
+    save_config(resolved(config), runs_dir / name / "config.yaml")
+    with open(runs_dir / name / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({"step": s, "loss": 1 / s, "loss_smoothed": 1 / s, "lr": 1e-4, "s_per_step": 0.5} for s in (5, 10))
+    write_status(runs_dir / name, "finished", 10)
+
+
+def test_listing_and_help_commands_import_no_model_stack(cli_env):
+    """The commands run in turn in one fresh interpreter; the first that pulls in torch & co. is named.
+    Only `download --dry-run` may load the hub client."""
+    write_run(cli_env.runs, "r1")
+    commands = [["--help"], ["runs"], ["runs", "--json"], ["runs", "show", "r1"], ["runs", "show", "r1", "--json"]]
+    commands += [path + ["--help"] for path in every_command()] + [["download", "--dry-run"]]  # the hub client: last
+    script = textwrap.dedent(f"""
+        import json, os, sys
+        from typer.testing import CliRunner
+        from cosmos_lora.cli.app import app
+        os.environ["HF_ENDPOINT"] = {UNREACHABLE_HUB!r}
+        seen = {{}}
+        for args in {commands!r}:
+            result = CliRunner().invoke(app, args)
+            heavy = [m for m in {HEAVY!r} + ("huggingface_hub",) * (args != ["download", "--dry-run"]) if m in sys.modules]
+            seen[" ".join(args)] = {{"exit": result.exit_code, "heavy": heavy, "output": result.output[-300:]}}
+            if heavy:
+                break
+        print(json.dumps(seen))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    for command, outcome in seen.items():
+        assert not outcome["heavy"], f"`cosmos-lora {command}` imports {outcome['heavy']}"
+        expected_exit = 1 if command == "download --dry-run" else 0  # no hub here: one line naming it
+        assert outcome["exit"] == expected_exit, (command, outcome["output"])
+    assert len(seen) == len(commands)
+    assert "r1" in seen["runs"]["output"] and "Could not reach" in seen["download --dry-run"]["output"]
+
+
+def test_help_shows_boolean_options_as_flags_without_a_type():
+    for path in [[]] + every_command():
+        result = cli(*path, "--help")
+        assert_ok(result)
+        assert "<bool>" not in result.stdout, f"cosmos-lora {' '.join(path)} --help:\n{result.stdout}"
+    posttrain = cli("posttrain", "--help").stdout
+    assert "--dry-run " in posttrain and "--resume " in posttrain and "<int>" in posttrain  # other types still shown
+    assert "--ema" in cli("export", "--help").stdout and "--no-ema" in cli("export", "--help").stdout
+
+
+@pytest.mark.parametrize("args, phrases", [
+    (["download", "--dry-run", "true"], ["--dry-run is a flag", "(--dry-run true)", "write --dry-run alone"]),
+    (["posttrain", "--model", "tiny", "--dataset", "demo/shapes", "--dry-run", "yes", "--", "trainer.max_iter=7"],
+     ["--dry-run is a flag", "write --dry-run alone"]),
+    (["posttrain", "--dry-run=False"], ["(--dry-run=False)", "leave --dry-run out"]),
+    (["export", "--run", "r", "--format", "comfyui", "--out", "x.safetensors", "--ema", "false"],
+     ["--ema is a flag", "write --no-ema"]),
+    (["runs", "show", "r1", "--json", "1"], ["--json is a flag", "write --json alone"]),
+])
+def test_a_boolean_word_after_a_flag_is_one_line_naming_the_flag(cli_env, args, phrases):
+    result = cli(*args)
+    assert_user_error(result, *phrases)
+    assert "Override" not in result.output and "unexpected extra argument" not in result.output
+
+
+def test_flags_and_overrides_still_parse(cli_env):
+    """A flag before `--` and an override that looks boolean after it are both what the user meant."""
+    result = cli("posttrain", "--model", "tiny", "--dataset", "demo/shapes", "--dry-run", "--",
+                 "trainer.max_iter=7", "model.fp8=false")
+    assert_ok(result)
+    assert "max_iter: 7" in result.stdout
