@@ -25,7 +25,8 @@ def held_out_count(total: int, fraction: float, min_clips: int) -> int:
 
 
 def too_small(total: int, fraction: float, min_clips: int) -> bool:
-    return max(min_clips, round(fraction * total)) > max(fraction, MAX_SHARE) * total
+    """Whether holding out `min_clips` would take more than `max(fraction, MAX_SHARE)` of the clips."""
+    return min_clips > max(fraction, MAX_SHARE) * total
 
 
 def smallest_splittable(fraction: float, min_clips: int) -> int:
