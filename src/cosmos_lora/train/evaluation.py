@@ -91,7 +91,7 @@ class Evaluator:
 
     @property
     def columns(self) -> list[str]:
-        return ["eval_loss", "eval_loss_ema"] + [sigma_column(s) for s in self.sigmas]
+        return ["eval_loss", "eval_loss_ema"] + [sigma_column(s) for s in self.sigmas] + ["s_per_eval"]
 
     def due(self, step: int, max_iter: int) -> bool:
         return step % self.every == 0 or step == max_iter

@@ -82,9 +82,10 @@ class MetricsLogger:
         """An evaluation row, and a line comparing it with the base model's (the first evaluation)."""
         if not self.enabled:
             return
-        self._append({"step": step, **values})
+        self._append({"step": step, **values, "s_per_eval": seconds})
         for key, value in values.items():
             self.tensorboard.add_scalar(f"eval/{key.removeprefix('eval_')}", value, step)
+        self.tensorboard.add_scalar("eval/seconds", seconds, step)
         self.evaluated[step] = values["eval_loss"]
         base_step = min(self.evaluated)
         line = f"step {step}: eval loss {values['eval_loss']:.5f}"
