@@ -164,3 +164,21 @@ def test_eval_options_are_checked_before_anything_runs(cli_env):
     assert_user_error(cli(*base, "--eval-fraction", "0.1", "--eval-dataset", "demo/other"), "give only one of them")
     assert_user_error(cli(*base, "--eval-dataset", "demo/shapes"), "is the training dataset")
     assert_user_error(cli(*base, "--eval-every", "0", "--eval-dataset", "demo/other"), "no effect with --eval-every 0")
+    assert_user_error(cli(*base, "--eval-dataset", "demo/other"), "demo/other is not ready", "videos: folder is missing")
+
+
+def test_eval_dataset_is_evaluated_whole_and_nothing_is_held_out(cli_env):
+    import shutil
+
+    from cli_helpers import assert_ok, cli
+
+    shutil.copytree(cli_env.dataset("demo/shapes"), cli_env.dataset("demo/other"))
+    base = ["posttrain", "--model", "tiny", "-d", "demo/shapes", "--nproc", "1", "--epochs", "1", "--dry-run"]
+    result = cli(*base, "--eval-dataset", "demo/other")
+    assert_ok(result)
+    evaluation = re.search(r"  evaluation:\n((?:    .+\n)+)", result.stdout).group(1)
+    assert "dataset: demo/other" in evaluation and evaluation.count("- synthetic_") == 8
+    assert "  max_iter: 8\n" in result.stdout  # an epoch is all 8 training clips
+    held_out = cli(*base, "--eval-fraction", "0.25")
+    assert_ok(held_out)
+    assert "  max_iter: 6\n" in held_out.stdout  # an epoch is the 6 clips not held out

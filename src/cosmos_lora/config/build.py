@@ -102,10 +102,7 @@ def _choose_evaluation_clips(config: LazyDict, roots: Roots) -> None:
         root = roots.dataset(name)
         evaluation.dataset, evaluation.root = name, str(root)
         evaluation.latents_dir = _latent_cache(config, roots, root)
-        evaluation.clips = DatasetLayout(root).clips()
-        if not evaluation.clips:
-            raise UserError(f"--eval-dataset {name}: {DatasetLayout(root).videos_dir} holds no clips.",
-                            "give a prepared and embedded dataset (COLLECTION/DOMAIN inside the datasets root).")
+        evaluation.clips = DatasetLayout(root).clips()  # a missing or empty dataset: train.checks reports it
         return
     if is_fraction(evaluation.fraction) and is_count(evaluation.min_clips):  # else check_settings names them
         clips = DatasetLayout(Path(config.dataloader_train.dataset.root)).clips()
