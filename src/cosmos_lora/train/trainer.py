@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from cosmos_lora.config import LazyDict, instantiate
+from cosmos_lora.data.split import excluded_from_training
 from cosmos_lora.errors import UserError
 from cosmos_lora.model.checkpoint import base_fingerprint
 from cosmos_lora.model.edm import SIGMA_DATA, sample_training_sigma, training_loss
@@ -28,7 +29,6 @@ from cosmos_lora.model.tokenizer import VideoTokenizer
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.run_folder import RunFolder
 from cosmos_lora.train.checkpointer import Checkpointer
-from cosmos_lora.data.split import excluded_from_training
 from cosmos_lora.train.ema import PowerEMA
 from cosmos_lora.train.evaluation import Evaluator, evaluation_enabled, evaluation_summary
 from cosmos_lora.train.metrics import MetricsLogger
