@@ -182,3 +182,15 @@ def test_eval_dataset_is_evaluated_whole_and_nothing_is_held_out(cli_env):
     held_out = cli(*base, "--eval-fraction", "0.25")
     assert_ok(held_out)
     assert "  max_iter: 6\n" in held_out.stdout  # an epoch is the 6 clips not held out
+
+
+def test_a_dataset_too_small_for_a_split_says_so_in_the_first_log_line():
+    from cosmos_lora.config import load_preset
+    from cosmos_lora.train.evaluation import evaluation_summary
+
+    config = load_preset("tiny_lora")  # --eval-fraction 0.05, at least 2 clips: a split needs 20 clips
+    line = evaluation_summary(config, None, training_clips=8)
+    assert line == ("; no eval loss: 8 clips are too few to hold out 2 or 0.05 of them (a split needs 20), "
+                    "so every clip is trained on")
+    config.trainer.eval_every = 0
+    assert evaluation_summary(config, None, training_clips=8) == ""  # evaluation off: nothing to explain
