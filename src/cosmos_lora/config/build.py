@@ -50,7 +50,8 @@ def build_experiment(
         dataset = check_dataset_name(dataset or config.job.dataset or _missing_dataset())
         config.job.dataset = dataset
         config.dataloader_train.dataset.root = str(roots.dataset(dataset))
-        config.dataloader_train.dataset.latents_dir = _latent_cache(config, roots, Path(config.dataloader_train.dataset.root))
+        root = Path(config.dataloader_train.dataset.root)
+        config.dataloader_train.dataset.latents_dir = _latent_cache(config, roots, root)
     if config.trainer.get("evaluation") is not None and config.dataloader_train.dataset.root is not None:
         # (runs saved before evaluation existed have no trainer.evaluation)
         with found.check():

@@ -31,16 +31,18 @@ def compare_runs(runs: list[RunFolder]) -> dict:
     if len({run.path.resolve() for run in runs}) < len(runs):
         raise UserError("runs compare got the same run twice.", "name each run once.")
     configs = [OmegaConf.load(run.config_file) for run in runs]
-    differing = sorted({key for config in configs[1:] for key in changed_keys(configs[0], config)} - set(NOT_HYPER_PARAMETERS))
+    changed = {key for config in configs[1:] for key in changed_keys(configs[0], config)}
+    differing = sorted(changed - set(NOT_HYPER_PARAMETERS))
     entries = []
     for run in runs:
         rows = evaluation_rows(read_metrics(run.path))
-        curve = [{"step": r["step"], "eval_loss": r["eval_loss"], "eval_loss_ema": r.get("eval_loss_ema")} for r in rows]
+        curve = [{key: r.get(key) for key in ("step", "eval_loss", "eval_loss_ema")} for r in rows]
         entries.append({"name": run.name, "path": str(run.path), "curve": curve, **eval_summary(rows)})
     missing = [e["name"] for e in entries if not e["curve"]]
     if missing:
         raise UserError(f"{', '.join(missing)}: no eval loss in metrics.csv (trained without held-out clips).",
-                        "compare runs trained with --eval-every N and held-out clips (--eval-fraction or --eval-dataset).")
+                        "compare runs trained with --eval-every N and held-out clips "
+                        "(--eval-fraction or --eval-dataset).")
     return {
         "runs": entries,
         "differing": {key: [OmegaConf.select(c, key) for c in configs] for key in differing},

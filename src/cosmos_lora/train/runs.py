@@ -205,7 +205,8 @@ def write_loss_plot(rows: list[dict], path: Path, title: str) -> None:
         raise UserError(f"{title} has {len(rows)} logged step(s): too few for a curve.", "plot again after a few more logging intervals.")
     write_line_plot([
         Series("loss", (158, 202, 225), [(r["step"], r["loss"]) for r in rows if r["loss"] is not None], width=1),
-        Series("loss_smoothed", (8, 81, 156), [(r["step"], r["loss_smoothed"]) for r in rows if r["loss_smoothed"] is not None]),
+        Series("loss_smoothed", (8, 81, 156),
+               [(r["step"], r["loss_smoothed"]) for r in rows if r["loss_smoothed"] is not None]),
     ], path, f"{title}: loss (light) and smoothed loss (dark)", legend=False)
 
 
