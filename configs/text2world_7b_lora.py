@@ -49,6 +49,19 @@ config = lazy_dict(
         log_every=10,
         ema=dict(enabled=True, sigma_rel=0.1),  # power EMA (Karras et al. 2024) of the LoRA weights
         validate_every=0,  # sample videos every N steps into <run>/samples/step_XXXXXX/ (0 = off)
+        # the official loss on held-out clips at fixed noise: every N steps, at step 0 (the base model) and at
+        # the end (0 = off). One pass costs 8 forwards per held-out clip (x2 with EMA): see the README
+        eval_every=200,
+        evaluation=dict(
+            fraction=0.05,  # clips held out of training (chosen by clip name), at least min_clips; 0 = none
+            min_clips=2,  # a dataset too small to spare them (<= 10% of it) trains on every clip
+            dataset=None,  # COLLECTION/DOMAIN: evaluate on this dataset's clips instead; nothing is held out
+            root=None,  # filled in: the folder of `dataset`
+            latents_dir=None,  # filled in: its latent cache, when `embed --latents` made one
+            clips=[],  # filled in: the clips evaluated (the held-out ones, or all of `dataset`)
+            sigmas=8,  # noise levels: the quantiles (i + 0.5) / sigmas of the training sigma distribution
+            ema=True,  # also evaluate the EMA weights (when trainer.ema is enabled)
+        ),
         validation=dict(
             # generic scenes of the kind the base model already renders well, so a sample that gets
             # worse points at the LoRA; replace them with prompts of the training domain

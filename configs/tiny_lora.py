@@ -20,6 +20,7 @@ config.model.activation_checkpointing = 0.0
 config.model.lora.rank = 8
 config.trainer.max_iter = 40
 config.trainer.log_every = 5
+config.trainer.eval_every = 10
 config.optimizer.lr = 2e-3
 config.dataloader_train.num_workers = 0
 config.dataloader_train.pin_memory = False

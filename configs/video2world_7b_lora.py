@@ -35,3 +35,7 @@ config.model.video2world = dict(
     augment_sigma_p_mean=-3.0,  # ln(augment sigma) ~ N(p_mean, p_std) per clip
     augment_sigma_p_std=2.0,
 )
+# the eval loss is the image-to-video case (1 latent frame, as `infer --image`), its input noised to the
+# official inference augment sigma: fixed, so the number moves only with the weights
+config.model.video2world.eval_condition_frames = 1
+config.model.video2world.eval_augment_sigma = 0.001

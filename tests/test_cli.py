@@ -1,6 +1,7 @@
 """The command line: help, dry runs, one-line user errors, and the demo end to end."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -76,3 +77,8 @@ def test_demo_runs_end_to_end_and_the_lora_changes_the_video(tmp_path):
         assert np.abs(original.astype(int) - lora).mean() > 1.0  # the LoRA visibly changes the video
         assert probe_video(compare).frames == 17
     assert (tmp_path / "outputs" / "runs" / "demo" / "adapters" / "step_000020.safetensors").is_file()
+    # it ends with the LoRA's eval loss on held-out clips against the base model's: training visibly helped
+    line = re.search(r"eval loss on 4 held-out clips .*: base model ([\d.-]+), LoRA after 20 steps ([\d.-]+)", done.stderr)
+    assert line, done.stderr[-3000:]
+    base, lora = float(line.group(1)), float(line.group(2))
+    assert lora < base - 0.03 * abs(base), (base, lora)

@@ -101,11 +101,12 @@ def test_runs_prints_one_line_per_run_and_explains_stale_and_failed(runs):
     result = cli("runs")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "DATASET", "RANK", "SCALE", "LR", "STEPS", "LOSS", "STATE", "SIZE"]
+    assert lines[0].split() == ["NAME", "DATASET", "RANK", "SCALE", "LR", "STEPS", "LOSS", "BEST_EVAL", "VS_BASE", "STATE", "SIZE"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == set(runs) and len(lines) == 1 + len(runs)
-    assert rows["done"][1:8] == ["demo/shapes", "8", "1", "0.002", "40/40", f"{float(last_csv_row(runs['done'])['loss_smoothed']):.4f}", "finished"]
-    assert rows["killed"][7] == "stale" and rows["fresh"][6:8] == ["-", "new"]
+    assert rows["done"][1:10] == ["demo/shapes", "8", "1", "0.002", "40/40", f"{float(last_csv_row(runs['done'])['loss_smoothed']):.4f}",
+                                  "-", "-", "finished"]  # no held-out clips: no eval loss
+    assert rows["killed"][9] == "stale" and rows["fresh"][6:10] == ["-", "-", "-", "new"]
     assert [line.split()[0] for line in lines[1:]][-2:] == ["done", "killed"]  # most recent activity first
     assert "killed: status.json says running" in result.stderr and "crashed: The loss became nan" in result.stderr
 

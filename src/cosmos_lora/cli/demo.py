@@ -2,8 +2,11 @@
 
 Every step calls the function its real subcommand calls: tiny checkpoints in the official formats,
 a synthetic captioned clip set in prepare's layout, T5 embeddings, a LoRA trained through a real
-torchrun launch, and base-vs-LoRA videos with a side-by-side comparison. With `--v2w` the model is
-the tiny Video2World one and the videos continue the first frame of a demo clip (`infer --image`).
+torchrun launch, and base-vs-LoRA videos with a side-by-side comparison. It ends with the LoRA's
+eval loss on clips held out of training against the base model's on the same clips: the number that
+says whether training did anything (the tiny videos are blocky colour fields either way). With `--v2w`
+the model is the tiny Video2World one and the videos continue the first frame of a demo clip
+(`infer --image`).
 """
 
 import shutil
@@ -15,13 +18,15 @@ from cosmos_lora.cli.output import examples, guarded, note, result
 DEMO_DATASET = "demo/shapes"
 DEMO_RUN = "demo"
 DEMO_RUN_V2W = "demo-v2w"
+DEMO_CLIPS = 24
+DEMO_EVAL_FRACTION = 0.15  # 4 of 24 clips
 DEMO_PROMPTS = ["a red square moves from left to right on a dark blue background",
                 "a yellow circle moves from top to bottom on a black background"]
 
 
 def demo(
     ctx: typer.Context,
-    clips: int = typer.Option(8, help="Synthetic clips to train on."),
+    clips: int = typer.Option(DEMO_CLIPS, help="Synthetic clips (DEMO_EVAL_FRACTION of them held out for the eval loss)."),
     max_iter: int = typer.Option(40, help="Optimizer steps."),
     nproc: int = typer.Option(None, help="Training processes (default: visible GPUs, else 2 CPU processes)."),
     v2w: bool = typer.Option(False, "--v2w", help="Video2World: train the tiny Video2World model; the videos continue an image."),
@@ -32,6 +37,7 @@ def demo(
     from cosmos_lora.config import load_preset
     from cosmos_lora.config.build import build_experiment
     from cosmos_lora.data.embed import embed_dataset
+    from cosmos_lora.data.layout import DatasetLayout
     from cosmos_lora.data.synthetic import make_synthetic_dataset
     from cosmos_lora.distributed import Launch, init_distributed, visible_gpus
     from cosmos_lora.infer.adapters import from_run
@@ -40,6 +46,7 @@ def demo(
     from cosmos_lora.infer.run import run_plan, save_plan
     from cosmos_lora.model.tiny import write_tiny_checkpoints
     from cosmos_lora.train.launch import posttrain
+    from cosmos_lora.train.runs import evaluation_rows, read_metrics
 
     roots = ctx.obj
     note("1/5 tiny checkpoints (official formats) ...")
@@ -50,7 +57,8 @@ def demo(
     config = load_preset(preset)
     height, width = config.model.resolution
     dataset_dir = roots.dataset(DEMO_DATASET)
-    if not (dataset_dir / "videos").is_dir():
+    if len(DatasetLayout(dataset_dir).clips()) != clips:  # none yet, or made by a demo of another size
+        shutil.rmtree(dataset_dir, ignore_errors=True)
         make_synthetic_dataset(dataset_dir, clips, config.model.num_frames, height, width, fps=24, seed=0)
 
     note("3/5 caption embeddings with the tiny T5 ...")
@@ -59,7 +67,8 @@ def demo(
     processes = nproc or visible_gpus() or 2
     note(f"4/5 LoRA post-training: {max_iter} steps on {processes} process(es) through torchrun ...")
     shape = Launch(processes)
-    experiment = build_experiment(preset, roots, DEMO_DATASET, {"trainer.max_iter": max_iter}, [], run_name, shape)
+    options = {"trainer.max_iter": max_iter, "trainer.evaluation.fraction": DEMO_EVAL_FRACTION}
+    experiment = build_experiment(preset, roots, DEMO_DATASET, options, [], run_name, shape)
     shutil.rmtree(experiment.job.run_dir, ignore_errors=True)  # the demo's own run, remade each time
     run, message, _ = posttrain(experiment, shape, resume_command="cosmos-lora demo")
     note(message)
@@ -82,6 +91,12 @@ def demo(
     note(f"  run:         {run.path}  (adapters/, metrics.csv, config.yaml)")
     note(f"  videos:      {out_dir}/original, {out_dir}/lora")
     note(f"  comparisons: {out_dir}/compare  (open {index} in a browser)")
+    evaluations = evaluation_rows(read_metrics(run.path))
+    if len(evaluations) >= 2:
+        base, lora = evaluations[0], evaluations[-1]
+        change = 100 * (lora["eval_loss"] - base["eval_loss"]) / abs(base["eval_loss"])
+        note(f"  eval loss on {len(experiment.trainer.evaluation.clips)} held-out clips (lower is better): base model "
+             f"{base['eval_loss']:.4f}, LoRA after {lora['step']} steps {lora['eval_loss']:.4f} ({change:+.1f}%)")
     result(str(out_dir))
 
 

@@ -39,6 +39,13 @@ def posttrain(
     validation_prompts: Path = typer.Option(
         None, help="Prompts for the samples: a .txt file, one per line (preset: trainer.validation.prompts)."
     ),
+    eval_every: int = typer.Option(
+        None, help="Eval loss on held-out clips every N steps, at step 0 (the base model) and at the end (preset: 200; tiny 10; 0: off)."
+    ),
+    eval_fraction: float = typer.Option(
+        None, help="Share of the clips held out of training for the eval loss, chosen by clip name (preset: 0.05, at least 2 clips; 0: none)."
+    ),
+    eval_dataset: str = typer.Option(None, help="Compute the eval loss on this dataset COLLECTION/DOMAIN instead (nothing held out)."),
     name: str = typer.Option(None, help="Run name (default: derived from the hyper-parameters)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest saved state."),
     nproc: int = typer.Option(None, help="Processes per node (default: visible GPUs, 1 on CPU)."),
@@ -51,6 +58,7 @@ def posttrain(
 
     Anything in the config can be changed after `--`: `-- trainer.max_iter=200 optimizer.lr=5e-5`.
     The run folder holds config.yaml (rerun with --config), adapters/, state/, metrics.csv, samples/.
+    The eval loss (metrics.csv's eval_* rows) compares steps and runs: `cosmos-lora runs compare`.
     Under `srun` with several tasks or under `torchrun`, each task trains in its own process.
     """
     from cosmos_lora.config.build import build_experiment
@@ -69,12 +77,15 @@ def posttrain(
         problems.add("--scale and --alpha set the same thing.", "give only one of them.")
     if max_iter is not None and epochs is not None:
         problems.add("--max-iter and --epochs both set the training length.", "give only one of them.")
+    if eval_fraction is not None and eval_dataset is not None:
+        problems.add("--eval-fraction and --eval-dataset both choose the eval clips.", "give only one of them.")
     if nnodes > 1 and not rdzv_endpoint:
         problems.add("Multi-node training needs a rendezvous address.", "pass --rdzv-endpoint HOST:PORT (node 0).")
     check_launch(nproc, nnodes, node_rank, problems)
     values = {"rank": rank, "scale": scale, "first_blocks": first_blocks, "lr": lr, "max_iter": max_iter, "epochs": epochs,
               "batch_size": batch_size, "grad_accum": grad_accum, "seed": seed, "save_every": save_every,
-              "validate_every": validate_every}
+              "validate_every": validate_every, "eval_every": eval_every, "eval_fraction": eval_fraction,
+              "eval_dataset": eval_dataset}
     options = {OPTION_KEYS[k]: v for k, v in values.items() if v is not None}
     if extra_targets:
         options["model.lora.extra_targets"] = list(extra_targets)
@@ -112,6 +123,8 @@ def register(app: typer.Typer) -> None:
             "cosmos-lora posttrain --model 14b --dataset vript/sports --grad-accum 4 --dry-run",
             "cosmos-lora posttrain --model tiny --dataset demo/shapes --nproc 2",
             "cosmos-lora posttrain --dataset vript/sports --validate-every 200 --validation-prompts prompts.txt",
+            "cosmos-lora posttrain --dataset vript/sports --eval-every 100 --eval-fraction 0.1",
+            "cosmos-lora posttrain --dataset vript/sports --eval-dataset vript/sports-heldout",
             "srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 cosmos-lora posttrain --dataset vript/sports",
         ),
     )(guarded(posttrain))

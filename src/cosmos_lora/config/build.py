@@ -10,9 +10,10 @@ from pathlib import Path
 from cosmos_lora.config.experiment import apply_overrides, load_preset, resolved
 from cosmos_lora.config.lazy import LazyDict, check_targets
 from cosmos_lora.config.run_name import run_name
-from cosmos_lora.config.settings import check_settings, is_count, is_positive
+from cosmos_lora.config.settings import check_settings, is_count, is_fraction, is_positive
 from cosmos_lora.data.latents import LATENTS_DIR, latent_cache_dir
 from cosmos_lora.data.layout import DatasetLayout
+from cosmos_lora.data.split import excluded_from_training, held_out_clips
 from cosmos_lora.distributed import Launch
 from cosmos_lora.errors import Problems, UserError
 from cosmos_lora.paths import Roots, check_dataset_name
@@ -49,7 +50,12 @@ def build_experiment(
         dataset = check_dataset_name(dataset or config.job.dataset or _missing_dataset())
         config.job.dataset = dataset
         config.dataloader_train.dataset.root = str(roots.dataset(dataset))
-        config.dataloader_train.dataset.latents_dir = _latent_cache(config, roots)
+        root = Path(config.dataloader_train.dataset.root)
+        config.dataloader_train.dataset.latents_dir = _latent_cache(config, roots, root)
+    if config.trainer.get("evaluation") is not None and config.dataloader_train.dataset.root is not None:
+        # (runs saved before evaluation existed have no trainer.evaluation)
+        with found.check():
+            _choose_evaluation_clips(config, roots)
     config.model.checkpoints_dir = str(roots.checkpoints)
     config.job.runs_dir = str(roots.runs)
     if config.trainer.epochs is not None and config.dataloader_train.dataset.root is not None:
@@ -66,9 +72,9 @@ def build_experiment(
     return config
 
 
-def _latent_cache(config: LazyDict, roots: Roots) -> str | None:
-    """The dataset's latent cache for exactly this tokenizer, size and frame count, if one was made."""
-    root, tokenizer = Path(config.dataloader_train.dataset.root), roots.checkpoints / config.model.tokenizer
+def _latent_cache(config: LazyDict, roots: Roots, root: Path) -> str | None:
+    """The latent cache of the dataset at `root` for exactly this tokenizer, size and frame count, if one was made."""
+    tokenizer = roots.checkpoints / config.model.tokenizer
     if not config.model.latent_cache or not (root / LATENTS_DIR).is_dir() or not tokenizer.is_dir():
         return None  # no cache made; a missing tokenizer is reported by train.checks
     height, width = config.model.resolution
@@ -77,6 +83,31 @@ def _latent_cache(config: LazyDict, roots: Roots) -> str | None:
         config.model.num_frames, height, width, config.model.pixel_chunk_duration,
     )
     return str(cache) if cache.is_dir() else None
+
+
+def _choose_evaluation_clips(config: LazyDict, roots: Roots) -> None:
+    """Fills in `trainer.evaluation.clips` (and `root`, `latents_dir` for `--eval-dataset`): the clips of the
+    evaluation loss. Chosen anew at every launch from the clip names, so a resume on a changed dataset is
+    refused (the held-out clips differ) rather than silently training on clips it evaluated before."""
+    evaluation = config.trainer.evaluation
+    evaluation.root, evaluation.latents_dir, evaluation.clips = None, None, []
+    if not is_count(config.trainer.eval_every):  # off (0), or a bad value check_settings names
+        if evaluation.dataset is not None and config.trainer.eval_every == 0:
+            raise UserError("--eval-dataset has no effect with --eval-every 0.", "give --eval-every N, or leave --eval-dataset out.")
+        return
+    if evaluation.dataset is not None:
+        name = check_dataset_name(evaluation.dataset)
+        if name == config.job.dataset:
+            raise UserError(f"--eval-dataset {name} is the training dataset: its clips would be trained on.",
+                            "give another dataset, or leave --eval-dataset out to hold out --eval-fraction of this one.")
+        root = roots.dataset(name)
+        evaluation.dataset, evaluation.root = name, str(root)
+        evaluation.latents_dir = _latent_cache(config, roots, root)
+        evaluation.clips = DatasetLayout(root).clips()  # a missing or empty dataset: train.checks reports it
+        return
+    if is_fraction(evaluation.fraction) and is_count(evaluation.min_clips):  # else check_settings names them
+        clips = DatasetLayout(Path(config.dataloader_train.dataset.root)).clips()
+        evaluation.clips = held_out_clips(clips, evaluation.fraction, evaluation.min_clips)
 
 
 def _missing_dataset():
@@ -96,6 +127,7 @@ def _steps_for_epochs(config: LazyDict, world_size: int) -> int:
     if not (is_positive(epochs) and is_count(batch) and is_count(accum)):
         return config.trainer.max_iter  # check_settings names the bad value
     clips = len(DatasetLayout(Path(config.dataloader_train.dataset.root)).clips())
+    clips -= len(excluded_from_training(config.trainer.get("evaluation")))
     per_step = world_size * batch * accum
     steps_per_epoch = clips // per_step
     if steps_per_epoch == 0:

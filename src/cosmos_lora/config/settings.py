@@ -23,6 +23,9 @@ OPTION_KEYS = {
     "seed": "job.seed",
     "save_every": "checkpoint.save_every",
     "validate_every": "trainer.validate_every",
+    "eval_every": "trainer.eval_every",
+    "eval_fraction": "trainer.evaluation.fraction",
+    "eval_dataset": "trainer.evaluation.dataset",
 }
 LR_MULTIPLIER = "cosmos_lora.train.schedule.lr_multiplier"
 DECAYS = ("constant", "cosine")
@@ -44,6 +47,11 @@ def is_positive(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
+def is_fraction(value: object) -> bool:
+    """A number in [0, 0.5]: more than half of a dataset held out of training is a mistake."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 0.5
+
+
 # key -> (requirement, check, fix)
 _COUNT, _STEPS = "a whole number >= 1", "a whole number of steps >= 1"
 RULES = {
@@ -62,6 +70,14 @@ RULES = {
     "trainer.grad_clip": ("a finite number > 0", is_positive, "use e.g. -- trainer.grad_clip=1.0 (the official value)."),
     "trainer.log_every": (_STEPS, is_count, "use e.g. -- trainer.log_every=10."),
     "trainer.validate_every": ("a whole number >= 0 (0: off)", lambda v: is_count(v, 0), "use e.g. --validate-every 200, or 0."),
+    # runs saved before evaluation existed have none of its keys (None): no evaluation
+    "trainer.eval_every": ("a whole number >= 0 (0: off)", lambda v: v is None or is_count(v, 0),
+                           "use e.g. --eval-every 100, or 0."),
+    "trainer.evaluation.fraction": ("a number from 0 to 0.5 (0: no held-out clips)", lambda v: v is None or is_fraction(v),
+                                    "use e.g. --eval-fraction 0.05, or --eval-fraction 0."),
+    "trainer.evaluation.min_clips": (_COUNT, lambda v: v is None or is_count(v),
+                                     "use e.g. -- trainer.evaluation.min_clips=2."),
+    "trainer.evaluation.sigmas": (_COUNT, lambda v: v is None or is_count(v), "use e.g. -- trainer.evaluation.sigmas=8."),
     "checkpoint.save_every": (_STEPS, is_count, "use e.g. --save-every 100."),
     "checkpoint.keep_states": (_COUNT, is_count, "use e.g. -- checkpoint.keep_states=2."),
     "model.keep_attention_blocks": (

@@ -43,16 +43,19 @@ class VideoTextDataset(Dataset):
                             normalised output for `video` (multiply by sigma_data for the DiT)
     instead of `video`, and its video is not decoded. A clip the cache lacks (or holds a stale
     latent for) is decoded as usual; `check_dataset(..., latents_dir=...)` lists such clips.
+
+    `exclude_clips`: clip names left out (the clips held out for the evaluation loss).
     """
 
     def __init__(self, root: Path, num_frames: int, height: int, width: int, max_text_len: int = 512,
-                 latents_dir: Path | None = None):
+                 latents_dir: Path | None = None, exclude_clips: list[str] | tuple[str, ...] = ()):
         self.layout = DatasetLayout(Path(root))
         self.num_frames, self.height, self.width = num_frames, height, width
         self.max_text_len = max_text_len
         self.latents_dir = Path(latents_dir) if latents_dir is not None else None
         self.latent_shape = latent_shape(num_frames, height, width)
-        self.clips = self.layout.clips()
+        excluded = set(exclude_clips)
+        self.clips = [clip for clip in self.layout.clips() if clip not in excluded]
         if not self.clips:
             raise UserError(f"Dataset {root} has no videos in {self.layout.videos_dir}.",
                             "run `cosmos-lora prepare` to make clips, or point --dataset at the right folder.")

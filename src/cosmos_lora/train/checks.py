@@ -28,6 +28,8 @@ RESUME_MAY_CHANGE = (
     # validation samples draw nothing from the training's RNG streams (tests/test_validation.py)
     "trainer.validation.prompts", "trainer.validation.seeds", "trainer.validation.steps",
     "trainer.validation.guidance", "trainer.validation.ema",
+    # nor does the evaluation loss (tests/test_evaluation.py); which clips are held out is another matter
+    "trainer.eval_every", "trainer.evaluation.ema", "trainer.evaluation.root", "trainer.evaluation.latents_dir",
 )
 
 
@@ -74,6 +76,14 @@ def check_inputs(config: LazyDict, resume: bool = False, launch: Launch | None =
         with found.check():
             require_valid_dataset(
                 Path(config.dataloader_train.dataset.root), config.model.num_frames, height, width, config.job.dataset,
+                latents_dir=Path(latents) if latents else None, text_width=size.text_embed_dim if size else None,
+            )
+    evaluation = config.trainer.get("evaluation")
+    if evaluation is not None and evaluation.get("root") and height is not None:
+        latents = evaluation.latents_dir
+        with found.check():
+            require_valid_dataset(
+                Path(evaluation.root), config.model.num_frames, height, width, evaluation.dataset,
                 latents_dir=Path(latents) if latents else None, text_width=size.text_embed_dim if size else None,
             )
     if config.job.get("run_dir"):

@@ -3,6 +3,9 @@
 On a terminal a rich progress bar shows step/total, smoothed loss, lr, s/step, ETA and GPU
 memory; otherwise (logs, CI, `nohup`) one plain line per logged step. Diffusion losses fall
 slowly and the official uncertainty term makes them negative at times: both are normal.
+
+An evaluation (`train.evaluation`) is a row of its own, with only `step` and the `eval_*` columns
+filled (TensorBoard: `eval/...`), and one line comparing it with the first one, the base model's.
 """
 
 import csv
@@ -18,9 +21,11 @@ COLUMNS = ["step", "loss", "loss_smoothed", "lr", "grad_norm", "s_per_step", "sa
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool, eval_columns: list[str] = ()):
         self.enabled = enabled
         self.smoothed: float | None = None
+        self.columns = COLUMNS + list(eval_columns)
+        self.evaluated: dict[int, float] = {}  # step -> eval_loss of the rows kept
         if not enabled:
             return
         run = RunFolder(run_dir)
@@ -46,10 +51,12 @@ class MetricsLogger:
         if self.csv_path.is_file():
             with open(self.csv_path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-        if rows:
-            self.smoothed = float(rows[-1]["loss_smoothed"])
+        smoothed = [r["loss_smoothed"] for r in rows if r.get("loss_smoothed")]
+        if smoothed:
+            self.smoothed = float(smoothed[-1])
+        self.evaluated = {int(r["step"]): float(r["eval_loss"]) for r in rows if r.get("eval_loss")}
         with open(self.csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
@@ -58,8 +65,7 @@ class MetricsLogger:
             return
         self.smoothed = values["loss"] if self.smoothed is None else 0.9 * self.smoothed + 0.1 * values["loss"]
         row = {"step": step, "loss_smoothed": self.smoothed, **values}
-        with open(self.csv_path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=COLUMNS).writerow({k: _fmt(row.get(k)) for k in COLUMNS})
+        self._append(row)
         for key, value in row.items():
             if key != "step" and value is not None:
                 self.tensorboard.add_scalar(f"train/{key}", value, step)
@@ -72,6 +78,32 @@ class MetricsLogger:
         else:
             print(f"step {step}/{self.total_steps}  {status}", file=sys.stderr, flush=True)
 
+    def log_evaluation(self, step: int, values: dict[str, float], seconds: float) -> None:
+        """An evaluation row, and a line comparing it with the base model's (the first evaluation)."""
+        if not self.enabled:
+            return
+        self._append({"step": step, **values, "s_per_eval": seconds})
+        for key, value in values.items():
+            self.tensorboard.add_scalar(f"eval/{key.removeprefix('eval_')}", value, step)
+        self.tensorboard.add_scalar("eval/seconds", seconds, step)
+        self.evaluated[step] = values["eval_loss"]
+        base_step = min(self.evaluated)
+        line = f"step {step}: eval loss {values['eval_loss']:.5f}"
+        if step != base_step:
+            change = values["eval_loss"] - self.evaluated[base_step]
+            line += f" ({change:+.5f} vs the base model's {self.evaluated[base_step]:.5f} at step {base_step})"
+        if "eval_loss_ema" in values:
+            line += f", EMA {values['eval_loss_ema']:.5f}"
+        self.message(f"{line} ({seconds:.1f} s)")
+
+    def has_evaluation(self, step: int) -> bool:
+        return step in self.evaluated
+
+    def _append(self, row: dict) -> None:
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns).writerow({k: _fmt(row.get(k), exact=k.startswith("eval_"))
+                                                                 for k in self.columns})
+
     def message(self, text: str) -> None:
         if self.enabled:
             (self.console.print(text) if self.progress is None else self.progress.console.print(text))
@@ -83,7 +115,10 @@ class MetricsLogger:
             self.tensorboard.close()
 
 
-def _fmt(value) -> str:
+def _fmt(value, exact: bool = False) -> str:
+    """6 significant digits; `exact`: every digit (the eval loss is deterministic: reruns compare bit for bit)."""
     if value is None:
         return ""
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return repr(value) if exact else f"{value:.6g}"
+    return str(value)

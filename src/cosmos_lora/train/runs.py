@@ -3,6 +3,7 @@
     config.yaml    dataset, rank, scale, lr, total steps        (the resolved experiment)
     status.json    running | finished | interrupted | failed    (rank 0 writes it at start and end)
     metrics.csv    step, loss, loss_smoothed, lr, s_per_step...  (one row per logged step)
+                   step, eval_loss, eval_loss_ema, eval_loss_sigma_*  (one row per evaluation; step 0: the base model)
     latest.json    the newest complete save
 
 A run killed without warning (SIGKILL, the OOM killer, a lost node) leaves status.json at "running"
@@ -45,6 +46,10 @@ class RunSummary:
     quiet_s: float | None  # seconds since then
     latest_save: int | None
     message: str | None  # why it failed, or why it is stale
+    eval_best_step: int | None = None  # the step of the lowest eval loss (the held-out clips' official loss)
+    eval_best: float | None = None
+    eval_base: float | None = None  # at step 0: the base model (the LoRA starts as a no-op)
+    eval_improvement_pct: float | None = None  # 100 * (base - best) / |base|: > 0 when the LoRA does better
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +78,7 @@ def summarize(run_dir: Path, now: float | None = None, alive: set[Path] | None =
     rows = read_metrics(run.path)
     status, latest = run.read_status() or {}, run.read_latest() or {}
     last = max((p.stat().st_mtime for p in _activity_files(run)), default=None)
+    trained = training_rows(rows)
     steps_done = max([status.get("step", 0), latest.get("step", 0)] + [r["step"] for r in rows[-1:]])
     state, message = status.get("state", "new"), status.get("message")
     if state == "running" and last is not None:
@@ -88,10 +94,31 @@ def summarize(run_dir: Path, now: float | None = None, alive: set[Path] | None =
         rank=_field(config, "model.lora.rank", int), scale=_field(config, "model.lora.scale", float),
         lr=_field(config, "optimizer.lr", float), steps_done=steps_done,
         steps_total=_field(config, "trainer.max_iter", int),
-        loss_smoothed=rows[-1]["loss_smoothed"] if rows else None, state=state, size_bytes=disk_usage(run.path),
+        loss_smoothed=trained[-1]["loss_smoothed"] if trained else None, state=state, size_bytes=disk_usage(run.path),
         last_write=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(last)) if last else None,
         quiet_s=round(now - last, 1) if last else None, latest_save=latest.get("step"), message=message,
+        **eval_summary(rows),
     )
+
+
+def training_rows(rows: list[dict]) -> list[dict]:
+    """The rows of logged training steps (not evaluations)."""
+    return [r for r in rows if r.get("loss") is not None]
+
+
+def evaluation_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("eval_loss") is not None]
+
+
+def eval_summary(rows: list[dict]) -> dict:
+    """The best evaluation and how it compares with the first one (step 0: the base model); {} without any."""
+    evaluations = evaluation_rows(rows)
+    if not evaluations:
+        return {}
+    base, best = evaluations[0], min(evaluations, key=lambda r: r["eval_loss"])  # the earliest of equal ones
+    change = base["eval_loss"] - best["eval_loss"]
+    return {"eval_best_step": best["step"], "eval_best": best["eval_loss"], "eval_base": base["eval_loss"],
+            "eval_improvement_pct": 100 * change / abs(base["eval_loss"]) if base["eval_loss"] else None}
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -105,7 +132,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def metrics_summary(rows: list[dict], steps_total: int | None, state: str) -> dict:
-    """What `runs show` prints under the config: loss so far, speed and time left."""
+    """What `runs show` prints under the config: loss so far, speed and time left, the best evaluation."""
+    evaluations = eval_summary(rows)
+    rows = training_rows(rows)
     if not rows:
         return {"logged_rows": 0}
     s_per_step = _recent_s_per_step(rows)
@@ -119,7 +148,7 @@ def metrics_summary(rows: list[dict], steps_total: int | None, state: str) -> di
     }
     if state == "running" and steps_total and s_per_step:
         summary["eta_s"] = round((steps_total - last["step"]) * s_per_step)
-    return summary
+    return summary | evaluations
 
 
 def disk_usage(folder: Path) -> int:
@@ -190,36 +219,59 @@ def _duration(seconds: float) -> str:
 
 def write_loss_plot(rows: list[dict], path: Path, title: str) -> None:
     """The loss curve as a PNG (raw loss light, smoothed dark), drawn with PIL; written atomically."""
-    from PIL import Image, ImageDraw, ImageFont
-
+    rows = training_rows(rows)
     if len(rows) < 2:
         raise UserError(f"{title} has {len(rows)} logged step(s): too few for a curve.", "plot again after a few more logging intervals.")
+    write_line_plot([
+        Series("loss", (158, 202, 225), [(r["step"], r["loss"]) for r in rows if r["loss"] is not None], width=1),
+        Series("loss_smoothed", (8, 81, 156),
+               [(r["step"], r["loss_smoothed"]) for r in rows if r["loss_smoothed"] is not None]),
+    ], path, f"{title}: loss (light) and smoothed loss (dark)", legend=False)
+
+
+@dataclass
+class Series:
+    label: str
+    colour: tuple[int, int, int]
+    points: list[tuple[float, float]]  # (step, value)
+    width: int = 2
+    mark: tuple[float, float] | None = None  # a point circled on the curve (the best step)
+
+
+def write_line_plot(series: list[Series], path: Path, title: str, legend: bool = True) -> None:
+    """Curves over steps as a PNG drawn with PIL (no plotting library needed); written atomically."""
+    from PIL import Image, ImageDraw, ImageFont
+
     width, height, left, right, top, bottom = 900, 500, 80, 20, 40, 50
-    steps = [r["step"] for r in rows]
-    values = [v for r in rows for v in (r["loss"], r["loss_smoothed"]) if v is not None]
+    steps = [step for s in series for step, _ in s.points]
+    values = [value for s in series for _, value in s.points]
+    first, last = min(steps), max(steps)
     lo, hi = min(values), max(values)
     pad = (hi - lo) * 0.05 or abs(hi) * 0.05 or 1.0
     lo, hi = lo - pad, hi + pad
 
-    def x_of(step: float) -> float:
-        return left + (step - steps[0]) / max(steps[-1] - steps[0], 1) * (width - left - right)
-
-    def y_of(value: float) -> float:
-        return top + (hi - value) / (hi - lo) * (height - top - bottom)
+    def xy(step: float, value: float) -> tuple[float, float]:
+        return (left + (step - first) / max(last - first, 1) * (width - left - right),
+                top + (hi - value) / (hi - lo) * (height - top - bottom))
 
     image = Image.new("RGB", (width, height), "white")
     draw, font = ImageDraw.Draw(image), ImageFont.load_default()
     for i in range(6):  # grid and tick labels
-        value, step = lo + (hi - lo) * i / 5, steps[0] + (steps[-1] - steps[0]) * i / 5
-        draw.line([(left, y_of(value)), (width - right, y_of(value))], fill=(230, 230, 230))
-        draw.text((5, y_of(value) - 6), f"{value:.3g}", fill="black", font=font)
-        draw.text((x_of(step) - 10, height - bottom + 8), f"{step:.0f}", fill="black", font=font)
+        value, step = lo + (hi - lo) * i / 5, first + (last - first) * i / 5
+        draw.line([(left, xy(first, value)[1]), (width - right, xy(first, value)[1])], fill=(230, 230, 230))
+        draw.text((5, xy(first, value)[1] - 6), f"{value:.4g}", fill="black", font=font)
+        draw.text((xy(step, lo)[0] - 10, height - bottom + 8), f"{step:.0f}", fill="black", font=font)
     draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    for key, colour, line_width in (("loss", (158, 202, 225), 1), ("loss_smoothed", (8, 81, 156), 2)):
-        points = [(x_of(r["step"]), y_of(r[key])) for r in rows if r[key] is not None]
-        draw.line(points, fill=colour, width=line_width)
-    draw.text((left, 12), f"{title}: loss (light) and smoothed loss (dark)", fill="black", font=font)
+    for index, s in enumerate(series):
+        draw.line([xy(*point) for point in s.points], fill=s.colour, width=s.width)
+        if s.mark is not None:
+            x, y = xy(*s.mark)
+            draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=s.colour, width=2)
+        if legend:
+            draw.line([(width - right - 230, top + 12 + 14 * index), (width - right - 210, top + 12 + 14 * index)],
+                      fill=s.colour, width=3)
+            draw.text((width - right - 205, top + 6 + 14 * index), s.label[:34], fill="black", font=font)
+    draw.text((left, 12), title, fill="black", font=font)
     draw.text((width // 2 - 12, height - 20), "step", fill="black", font=font)
     with publishing(Path(path)) as tmp:
         image.save(tmp, format="PNG")
-

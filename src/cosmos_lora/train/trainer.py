@@ -1,9 +1,10 @@
 """The LoRA post-training loop. One `Trainer` per process; torchrun starts one process per GPU.
 
-The constructor reads as the recipe: device, seed, data, validation prompts, model, LoRA, DDP,
-optimizer, scheduler, EMA, checkpointer, resume. `train()` runs optimizer steps; one step is
-`grad_accum` micro-batches with the DDP all-reduce only on the last one; every `validate_every`
-steps rank 0 writes sample videos.
+The constructor reads as the recipe: device, seed, data, held-out clips, validation prompts, model,
+LoRA, DDP, optimizer, scheduler, EMA, checkpointer, resume. `train()` runs optimizer steps; one step
+is `grad_accum` micro-batches with the DDP all-reduce only on the last one; every `eval_every` steps
+(and at step 0 and the end) all ranks compute the evaluation loss; every `validate_every` steps rank
+0 writes sample videos.
 """
 
 import math
@@ -18,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from cosmos_lora.config import LazyDict, instantiate
+from cosmos_lora.data.split import excluded_from_training
 from cosmos_lora.errors import UserError
 from cosmos_lora.model.checkpoint import base_fingerprint
 from cosmos_lora.model.edm import SIGMA_DATA, TrainingCondition, sample_training_sigma, training_loss
@@ -28,6 +30,7 @@ from cosmos_lora.distributed import Distributed
 from cosmos_lora.run_folder import RunFolder
 from cosmos_lora.train.checkpointer import Checkpointer
 from cosmos_lora.train.ema import PowerEMA
+from cosmos_lora.train.evaluation import Evaluator, evaluation_enabled, evaluation_summary
 from cosmos_lora.train.metrics import MetricsLogger
 from cosmos_lora.train.status import write_status
 from cosmos_lora.train.validation import Validator
@@ -107,8 +110,9 @@ class Trainer:
         self.stop_requested, self.started = False, False
         self._install_signal_handlers()  # first: a signal while loading still ends in a clean save
 
-        # data: every rank reads its own shard, in an order fixed by the seed
-        self.dataset = instantiate(config.dataloader_train.dataset)
+        # data: every rank reads its own shard, in an order fixed by the seed; held-out clips are never trained on
+        held_out = excluded_from_training(config.trainer.get("evaluation"))
+        self.dataset = instantiate(config.dataloader_train.dataset, **({"exclude_clips": held_out} if held_out else {}))
         self.batch_size = config.dataloader_train.batch_size
         if len(self.dataset) < self.dist.world_size * self.batch_size:
             raise UserError(
@@ -125,6 +129,7 @@ class Trainer:
             worker_init_fn=_leave_stop_signals_to_the_trainer,
         )
 
+        self.evaluator = Evaluator(config, dist_info, self.dtype) if evaluation_enabled(config) else None
         # validation prompts: through T5 once on rank 0, before the DiT loads (T5 is freed at once)
         self.validator = Validator(config, dist_info, self.dtype) if config.trainer.validate_every else None
 
@@ -161,7 +166,8 @@ class Trainer:
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._resume()
-        self.metrics = MetricsLogger(self.run_dir, config.trainer.max_iter, self.step, dist_info.is_main)
+        self.metrics = MetricsLogger(self.run_dir, config.trainer.max_iter, self.step, dist_info.is_main,
+                                     self.evaluator.columns if self.evaluator else [])
         self._log_summary()
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -172,6 +178,8 @@ class Trainer:
         write_status(self.run_dir, "running", self.step, self.dist)
         self._start_data()
         max_iter, save_every = self.config.trainer.max_iter, self.config.checkpoint.save_every
+        if self._evaluation_missing():  # step 0 (the base model), or a resume of a run stopped before its due one
+            self.evaluate()
         while self.step < max_iter:
             started = time.perf_counter()
             loss, grad_norm, lr = self.train_step()
@@ -184,7 +192,9 @@ class Trainer:
                 self.save()
             if stop and self.step < max_iter:
                 write_status(self.run_dir, "interrupted", self.step, self.dist)
-                return "interrupted"
+                return "interrupted"  # an evaluation due now runs when the run is resumed
+            if self.evaluator is not None and self.evaluator.due(self.step, max_iter) and not stop:
+                self.evaluate()
             if self.validator is not None and self.validator.due(self.step) and not stop:
                 self.validate()
         write_status(self.run_dir, "finished", self.step, self.dist)
@@ -239,6 +249,25 @@ class Trainer:
         )
         noise = torch.randn(x0.shape, generator=self.noise_generator).to(self.device)
         return TrainingCondition(frames, augment_sigma.to(self.device), noise)
+
+    def evaluate(self) -> dict[str, float]:
+        """The evaluation loss of the current LoRA (and EMA) on the held-out clips, on every rank together."""
+        started = time.perf_counter()
+        values = self.evaluator.run(self.net, self.logvar, self.tokenizer, self.params, self.ema)
+        bad = next((value for value in values.values() if not math.isfinite(value)), None)
+        if bad is not None:
+            self._fail_on_nonfinite(bad, "The evaluation loss")
+        self.metrics.log_evaluation(self.step, values, time.perf_counter() - started)
+        return values
+
+    def _evaluation_missing(self) -> bool:
+        """Whether this step is due for an evaluation that metrics.csv lacks (rank 0 reads it and tells all)."""
+        if self.evaluator is None or not self.evaluator.due(self.step, self.config.trainer.max_iter):
+            return False
+        missing = torch.tensor(0.0 if self.metrics.has_evaluation(self.step) else 1.0, device=self.device)
+        if self.dist.enabled:
+            dist.broadcast(missing, src=0)
+        return bool(missing.item())
 
     def validate(self) -> Path:
         """Sample videos with the current LoRA (unwrapped from DDP: no collectives in its forward)."""
@@ -324,6 +353,7 @@ class Trainer:
             f"LoRA {adapter_summary(self.spec)} ({trainable / 1e6:.2f}M params); {cfg.model.num_frames}x{height}x{width}; "
             f"{cfg.model.precision}; {self.recomputed_blocks} blocks recomputed; device {self.device}"
             + (f"; samples every {cfg.trainer.validate_every} steps" if self.validator else "")
+            + evaluation_summary(cfg, self.evaluator, len(self.dataset))
             + (f"; resuming at step {self.step}" if self.step else "")
         )
 
@@ -347,11 +377,11 @@ class Trainer:
         loss_sum, stops = both.tolist()
         return loss_sum / self.dist.world_size, stops > 0
 
-    def _fail_on_nonfinite(self, value: float) -> None:
+    def _fail_on_nonfinite(self, value: float, what: str = "The loss") -> None:
         latest = RunFolder(self.run_dir).read_latest()
         last_good = f"step {latest['step']} ({self.run_dir / latest['state']})" if latest else "none (nothing saved yet)"
         raise UserError(  # the worker records it in status.json as the run's outcome
-            f"The loss became {value} at step {self.step}; training stopped. Last good checkpoint: {last_good}.",
+            f"{what} became {value} at step {self.step}; training stopped. Last good checkpoint: {last_good}.",
             "lower optimizer.lr or model.lora.scale and start a new run with --name NEW; the adapters saved so far "
             "stay usable.",
         )

@@ -66,7 +66,7 @@ class Validator:
         if dist_info.is_main:
             text_encoder = Path(config.model.checkpoints_dir) / config.model.text_encoder
             texts = [p.text for p in self.prompts] + [p.negative for p in self.prompts]
-            with _rng_untouched(self.device):
+            with rng_untouched(self.device):
                 self.embeddings = embed_texts(text_encoder, texts, self.device, dtype)  # [512, D] float32, a few MB
         self._wait()
 
@@ -85,7 +85,7 @@ class Validator:
             modes = {module: module.training for module in net.modules()}
             net.eval()
             try:
-                with _rng_untouched(self.device), torch.no_grad():
+                with rng_untouched(self.device), torch.no_grad():
                     self._write_videos(folder, net, tokenizer, params, ema)
             finally:
                 for module, mode in modes.items():
@@ -99,7 +99,7 @@ class Validator:
     def _write_videos(self, folder: Path, net: torch.nn.Module, tokenizer: VideoTokenizer, params: dict, ema) -> None:
         variants = [("", nullcontext())]
         if self.with_ema:
-            variants.append(("_ema", _swapped_in(params, ema.state_dict())))
+            variants.append(("_ema", swapped_in(params, ema.state_dict())))
         for suffix, weights in variants:
             with weights:
                 for prompt in self.prompts:
@@ -132,14 +132,14 @@ def first_frames(dataset: Path, names: list[str]) -> dict[str, np.ndarray]:
 
 
 @contextmanager
-def _rng_untouched(device: torch.device):
+def rng_untouched(device: torch.device):
     """The global CPU (and this GPU's) RNG states as they were before, whatever ran inside."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         yield
 
 
 @contextmanager
-def _swapped_in(params: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]):
+def swapped_in(params: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]):
     """`weights` in the parameters for the duration; the parameters' own values restored exactly."""
     own = {name: p.detach().clone() for name, p in params.items()}
     with torch.no_grad():

@@ -1,0 +1,196 @@
+"""The evaluation loss end to end: held-out clips chosen by name, the official loss at fixed noise written to
+metrics.csv, deterministic across world sizes and a SIGTERM + resume, lower after training on the domain,
+and read back by `runs` and `runs compare`.
+
+Runs on the tiny model and the shared 8-clip synthetic dataset, 2 of its clips held out (--eval-fraction 0.25):
+
+    A  2 gloo processes, 8 steps at lr 1e-2, eval every 4 steps   the reference
+    R  the same, SIGTERM'd after its first step, resumed with the command the CLI prints
+    S  1 process, 1 step                                          its step-0 evaluation (the base model) is A's
+
+A rerun of A is covered by R: up to its stop R is a rerun, and after the resume its evaluations must match
+A's bit for bit too.
+"""
+
+import csv
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_helpers import assert_user_error
+from test_posttrain import World, world  # noqa: F401 - the module-scoped world of tiny roots and CLI env
+
+from cosmos_lora.data.split import held_out_clips, too_small
+
+TRAIN = ["posttrain", "--model", "tiny", "-d", "demo/shapes", "--eval-fraction", "0.25", "--eval-every", "4"]
+A_ARGS = [*TRAIN, "--nproc", "2", "--max-iter", "8", "--lr", "1e-2", "--", "trainer.log_every=1"]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def evaluations(run_dir: Path) -> dict[int, dict[str, str]]:
+    """step -> the eval columns of that step's evaluation row, as written (every digit)."""
+    return {int(r["step"]): {k: v for k, v in r.items() if k.startswith("eval_")} for r in rows(run_dir) if r["eval_loss"]}
+
+
+@pytest.fixture(scope="module")
+def run_a(world: World) -> Path:  # noqa: F811
+    return world.train(*A_ARGS[:A_ARGS.index("--max-iter")], "--name", "A", *A_ARGS[A_ARGS.index("--max-iter"):])
+
+
+@pytest.fixture(scope="module")
+def run_r(world: World) -> Path:  # noqa: F811
+    """A's command, SIGTERM'd once its first training step is logged, then resumed as the CLI says."""
+    run_dir = world.run("R")
+    command = [sys.executable, "-m", "cosmos_lora", *A_ARGS[:A_ARGS.index("--max-iter")], "--name", "R",
+               *A_ARGS[A_ARGS.index("--max-iter"):]]
+    with tempfile.TemporaryFile("w+") as log:
+        cli = subprocess.Popen(command, env={**os.environ, **world.env}, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not ((run_dir / "metrics.csv").is_file() and any(r["loss"] for r in rows(run_dir))):
+                assert cli.poll() is None and time.monotonic() < deadline, "the run ended or hung before its first step"
+                time.sleep(0.05)
+        finally:
+            cli.send_signal(signal.SIGTERM)
+            cli.wait(timeout=120)
+        log.seek(0)
+        stderr = log.read()
+    hint = re.search(r"Resume with: (.+)", stderr)
+    assert hint, stderr[-2000:]
+    stopped_at = json.loads((run_dir / "status.json").read_text())["step"]
+    assert stopped_at < 8, "the stop came after the last step: nothing was resumed"
+    world.train(*shlex.split(hint.group(1))[1:])
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_s(world: World) -> Path:  # noqa: F811
+    return world.train(*TRAIN, "--nproc", "1", "--max-iter", "1", "--name", "S")
+
+
+def test_the_split_is_chosen_by_clip_name_and_a_small_dataset_has_none():
+    names = [f"clip_{i:03d}" for i in range(40)]
+    held = held_out_clips(names, 0.05, 2)
+    assert len(held) == 2 and held == held_out_clips(list(reversed(names)), 0.05, 2)  # order does not matter
+    assert set(held) <= set(held_out_clips(names + ["zz_new"], 0.1, 2))  # a bigger share keeps the clips it had
+    assert held_out_clips(names[:19], 0.05, 2) == [] and too_small(19, 0.05, 2) and not too_small(20, 0.05, 2)
+    assert held_out_clips(names, 0, 2) == []
+
+
+@pytest.mark.slow
+def test_held_out_clips_are_recorded_and_never_trained_on(run_a):
+    config = (run_a / "config.yaml").read_text()
+    held = re.search(r"clips:\n((?:    - .+\n)+)", config).group(1).split()[1::2]
+    assert len(held) == 2 and held == sorted(held_out_clips([f"synthetic_{i:06d}" for i in range(8)], 0.25, 2))
+    log = json.loads((run_a / "status.json").read_text())
+    assert log["state"] == "finished"
+    # 6 training clips over 2 processes x batch 1: 3 steps per epoch, so 8 steps end in epoch 2 at batch 2
+    from test_posttrain import train_state
+
+    state = train_state(run_a)
+    assert (state["epoch"], state["batch_in_epoch"]) == (2, 2)
+
+
+@pytest.mark.slow
+def test_the_eval_loss_is_written_at_step_0_every_n_steps_and_at_the_end_and_falls(run_a):
+    evaluated = evaluations(run_a)
+    assert sorted(evaluated) == [0, 4, 8]
+    columns = list(evaluated[0])
+    assert columns[:2] == ["eval_loss", "eval_loss_ema"] and len(columns) == 2 + 8  # totals and 8 sigmas
+    for values in evaluated.values():
+        per_sigma = [float(values[c]) for c in columns[2:]]
+        assert float(values["eval_loss"]) == pytest.approx(np.mean(per_sigma), rel=1e-12)
+    base, last = float(evaluated[0]["eval_loss"]), float(evaluated[8]["eval_loss"])
+    assert evaluated[0]["eval_loss"] == evaluated[0]["eval_loss_ema"]  # step 0: the EMA is the LoRA, a no-op
+    assert last < base - 0.05 * abs(base), (base, last)  # trained on the domain: clearly better on its held-out clips
+    assert (run_a / "tensorboard").is_dir() and list((run_a / "tensorboard").glob("events.*"))
+
+
+@pytest.mark.slow
+def test_the_eval_loss_is_identical_after_sigterm_and_resume(run_a, run_r):
+    assert evaluations(run_r) == evaluations(run_a)  # every digit, every step, base and EMA
+
+
+@pytest.mark.slow
+def test_the_eval_loss_is_identical_for_one_and_two_processes(run_a, run_s):
+    """Each (clip, sigma) runs alone with noise drawn on the CPU from its name, and the sum is taken in clip order."""
+    assert evaluations(run_s)[0] == evaluations(run_a)[0]
+
+
+@pytest.mark.slow
+def test_runs_shows_the_best_step_and_compare_names_what_differs(world, run_a, run_s, tmp_path):  # noqa: F811
+    listed = {r["name"]: r for r in json.loads(world.invoke("runs", "--json").stdout)["runs"]}
+    evaluated = {step: float(v["eval_loss"]) for step, v in evaluations(run_a).items()}
+    best = min(evaluated, key=evaluated.get)
+    assert listed["A"]["eval_best_step"] == best and listed["A"]["eval_improvement_pct"] > 5
+    table = world.invoke("runs").stdout.splitlines()
+    assert "BEST_EVAL" in table[0].split() and table[0].split().index("BEST_EVAL") == 7
+    assert next(line for line in table if line.startswith("A ")).split()[7] == str(best)
+
+    result = world.invoke("runs", "compare", "A", "S", "--json", "--plot", str(tmp_path / "eval.png"))
+    assert result.exit_code == 0, result.output
+    comparison = json.loads(result.stdout)
+    assert [r["name"] for r in comparison["runs"]] == ["A", "S"] and comparison["comparable"]
+    assert comparison["runs"][0]["eval_best_step"] == best
+    assert [p["step"] for p in comparison["runs"][1]["curve"]] == [0, 1]
+    assert comparison["differing"]["trainer.max_iter"] == [8, 1] and comparison["differing"]["optimizer.lr"] == [1e-2, 2e-3]
+    assert "job.name" not in comparison["differing"]
+    image = np.asarray(Image.open(tmp_path / "eval.png").convert("RGB"))
+    assert image.shape == (500, 900, 3) and np.all(image == (31, 119, 180), axis=-1).sum() > 200  # A's curve
+    text = world.invoke("runs", "compare", "A", "S").stdout
+    assert f"A: best step {best}" in text and "differs: optimizer.lr: 0.01 | 0.002" in text
+
+
+def test_eval_options_are_checked_before_anything_runs(cli_env):
+    from cli_helpers import cli
+
+    base = ["posttrain", "--model", "tiny", "-d", "demo/shapes", "--dry-run"]
+    assert_user_error(cli(*base, "--eval-fraction", "0.7"), "--eval-fraction (trainer.evaluation.fraction) is 0.7")
+    assert_user_error(cli(*base, "--eval-fraction", "0.1", "--eval-dataset", "demo/other"), "give only one of them")
+    assert_user_error(cli(*base, "--eval-dataset", "demo/shapes"), "is the training dataset")
+    assert_user_error(cli(*base, "--eval-every", "0", "--eval-dataset", "demo/other"), "no effect with --eval-every 0")
+    assert_user_error(cli(*base, "--eval-dataset", "demo/other"), "demo/other is not ready", "videos: folder is missing")
+
+
+def test_eval_dataset_is_evaluated_whole_and_nothing_is_held_out(cli_env):
+    import shutil
+
+    from cli_helpers import assert_ok, cli
+
+    shutil.copytree(cli_env.dataset("demo/shapes"), cli_env.dataset("demo/other"))
+    base = ["posttrain", "--model", "tiny", "-d", "demo/shapes", "--nproc", "1", "--epochs", "1", "--dry-run"]
+    result = cli(*base, "--eval-dataset", "demo/other")
+    assert_ok(result)
+    evaluation = re.search(r"  evaluation:\n((?:    .+\n)+)", result.stdout).group(1)
+    assert "dataset: demo/other" in evaluation and evaluation.count("- synthetic_") == 8
+    assert "  max_iter: 8\n" in result.stdout  # an epoch is all 8 training clips
+    held_out = cli(*base, "--eval-fraction", "0.25")
+    assert_ok(held_out)
+    assert "  max_iter: 6\n" in held_out.stdout  # an epoch is the 6 clips not held out
+
+
+def test_a_dataset_too_small_for_a_split_says_so_in_the_first_log_line():
+    from cosmos_lora.config import load_preset
+    from cosmos_lora.train.evaluation import evaluation_summary
+
+    config = load_preset("tiny_lora")  # --eval-fraction 0.05, at least 2 clips: a split needs 20 clips
+    line = evaluation_summary(config, None, training_clips=8)
+    assert line == ("; no eval loss: 8 clips are too few to hold out 2 or 0.05 of them (a split needs 20), "
+                    "so every clip is trained on")
+    config.trainer.eval_every = 0
+    assert evaluation_summary(config, None, training_clips=8) == ""  # evaluation off: nothing to explain
