@@ -313,3 +313,24 @@ def test_v2w_validation_samples_continue_the_first_frame_of_a_clip(cli_env):
     first = read_video(layout.video(layout.clips()[0]), max_frames=1)[0][0]
     sample = read_video(next(folder.glob("*_seed0.mp4")))[0]
     assert abs(sample[0].reshape(-1, 3).mean(0) - _round_trip(cli_env.checkpoints, first)).max() < 4
+
+
+def test_v2w_validation_inputs_come_from_the_held_out_clips_when_there_are_any(cli_env):
+    """Validation continues frames the LoRA never trained on: the eval loss's held-out clips, when a split exists."""
+    from omegaconf import OmegaConf
+
+    from cosmos_lora.data.layout import DatasetLayout
+    from cosmos_lora.data.video import read_video
+    from cosmos_lora.train.validation import first_frames, held_out
+
+    dataset = cli_env.dataset("demo/shapes")
+    clips = DatasetLayout(dataset).clips()
+    split = OmegaConf.create({"trainer": {"evaluation": {"dataset": None, "clips": [clips[-1]]}}})
+    assert held_out(split) == [clips[-1]]
+    frames = first_frames(dataset, ["a", "b"], held_out(split))
+    last = read_video(DatasetLayout(dataset).video(clips[-1]), max_frames=1)[0]
+    assert all(np.array_equal(f, last) for f in frames.values())
+    other_dataset = OmegaConf.create({"trainer": {"evaluation": {"dataset": "x/y", "clips": [clips[-1]]}}})
+    assert held_out(other_dataset) == []  # another dataset's clips are not this one's: fall back to its own
+    assert np.array_equal(first_frames(dataset, ["a"], held_out(other_dataset))["a"],
+                          read_video(DatasetLayout(dataset).video(clips[0]), max_frames=1)[0])

@@ -12,8 +12,9 @@ never stays beside the DiT. Sampling is `cosmos-lora infer`'s at the run's size 
 fewer steps: the initial noise of seed k is the one `infer --seed k` uses.
 
 A Video2World run's samples continue an image, as `infer --image` does: prompt i continues the first
-frame of the dataset's clip i (clips sorted by name, one per prompt; the dataset has no held-out
-split, so these clips are also trained on).
+frame of held-out clip i (the clips the eval loss uses, never trained on; sorted by name, one per
+prompt). Without a held-out split (a small dataset, --eval-fraction 0, --eval-dataset) they are the
+dataset's own clips, also trained on.
 
 Validation changes nothing that training depends on: the network runs under no_grad in eval mode
 (activation-checkpointed blocks then simply run forward), the noise comes from a generator of its
@@ -62,7 +63,8 @@ class Validator:
         self.embeddings: dict[str, torch.Tensor] = {}
         self.inputs: dict[str, np.ndarray] = {}  # Video2World: the frame each prompt's samples continue
         if dist_info.is_main and config.model.get("video2world") is not None:
-            self.inputs = first_frames(Path(config.dataloader_train.dataset.root), [p.name for p in self.prompts])
+            self.inputs = first_frames(Path(config.dataloader_train.dataset.root), [p.name for p in self.prompts],
+                                       held_out(config))
         if dist_info.is_main:
             text_encoder = Path(config.model.checkpoints_dir) / config.model.text_encoder
             texts = [p.text for p in self.prompts] + [p.negative for p in self.prompts]
@@ -124,9 +126,16 @@ class Validator:
             dist.barrier(group=self.group)
 
 
-def first_frames(dataset: Path, names: list[str]) -> dict[str, np.ndarray]:
-    """name -> uint8 `[1, H, W, 3]`: the first frame of the dataset's i-th clip for the i-th name (cycling)."""
-    clips = DatasetLayout(dataset).clips()
+def held_out(config: LazyDict) -> list[str]:
+    """The training dataset's clips held out for the eval loss (none with --eval-dataset or no split)."""
+    evaluation = config.trainer.get("evaluation")
+    return [] if evaluation is None or evaluation.get("dataset") else sorted(evaluation.get("clips") or [])
+
+
+def first_frames(dataset: Path, names: list[str], prefer: list[str] = ()) -> dict[str, np.ndarray]:
+    """name -> uint8 `[1, H, W, 3]`: the first frame of the i-th clip for the i-th name (cycling), from the
+    `prefer`red (held-out) clips when there are any, else from all of the dataset's."""
+    clips = list(prefer) or DatasetLayout(dataset).clips()
     return {name: read_video(DatasetLayout(dataset).video(clips[i % len(clips)]), max_frames=1)[0]
             for i, name in enumerate(names)} if clips else {}
 
