@@ -1,19 +1,19 @@
 """Listing and help commands answer at once (they import no model stack), and boolean options are flags."""
 
-import csv
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import typer
 
 from cli_helpers import assert_ok, assert_user_error, cli
 from cosmos_lora.cli.app import app
-from cosmos_lora.config import load_preset, resolved, save_config
-from cosmos_lora.train.metrics import COLUMNS
-from cosmos_lora.train.status import write_status
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from cli_startup import write_run  # noqa: E402 - the run folder the benchmark times `runs` on
 
 HEAVY = ("torch", "diffusers", "transformers", "peft", "safetensors", "numpy", "PIL", "imageio_ffmpeg")
 UNREACHABLE_HUB = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused at once
@@ -27,18 +27,6 @@ def every_command() -> list[list[str]]:
         paths.append([name])
         paths += [[name, sub] for sub in getattr(command, "commands", {})]
     return paths
-
-
-def write_run(runs_dir, name: str):
-    """A run folder as the trainer leaves it after 10 steps: config.yaml, metrics.csv, status.json."""
-    config = load_preset("tiny_lora")
-    config.job.name, config.job.dataset, config.job.run_dir = name, "demo/shapes", str(runs_dir / name)
-    save_config(resolved(config), runs_dir / name / "config.yaml")
-    with open(runs_dir / name / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({"step": s, "loss": 1 / s, "loss_smoothed": 1 / s, "lr": 1e-4, "s_per_step": 0.5} for s in (5, 10))
-    write_status(runs_dir / name, "finished", 10)
 
 
 def test_listing_and_help_commands_import_no_model_stack(cli_env):
