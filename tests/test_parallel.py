@@ -9,6 +9,7 @@ token at the wrong position, a head attending to the wrong tokens: differences o
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +17,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cosmos_lora.errors import UserError
+from cosmos_lora.infer.prompts import Job
 from cosmos_lora.model.dit import DiTSize, build_dit
 from cosmos_lora.model.parallel import SequenceParallel, VideoLayout, cfg_split, check_layout, choose_layout, make_groups, parallelize
+from cosmos_lora.model.prompts import Prompt
 from cosmos_lora.model.sampler import sample_latents
 
 # 4 heads so that 4 processes can split them; tokens 3x4x4 = 48: shards of 12 cross frame boundaries
@@ -66,9 +69,28 @@ def _worker(rank: int, world: int, init_file: str, results) -> None:
                 block.forward = torch.compile(block.forward, backend="aot_eager", dynamic=False, fullgraph=True)
             out["compiled"] = net(x, torch.tensor([0.1, -0.3]), text)
         split.remove()
+        out["embedded"] = _embed_in_video_groups(rank)
         results.put((rank, out))
     finally:
         dist.destroy_process_group()
+
+
+def _embed_in_video_groups(rank: int) -> tuple[int, dict]:
+    """`embed_prompts` in 2 video groups of 2: (T5 loads in this process, the embeddings it ends with)."""
+    from cosmos_lora.infer import pipeline
+
+    loads = []
+
+    def t5_stand_in(folder, texts, device, dtype):  # what each process would compute: its own rank shows
+        loads.append(texts)
+        return {text: torch.full((4, 2), float(100 * rank + len(text))) for text in texts}
+
+    pipeline.embed_texts = t5_stand_in  # this spawned process's own module
+    groups = make_groups(VideoLayout(4, 2, True), rank)
+    settings = pipeline.InferSettings(out_dir=Path("out"), dit=Path("dit"), tokenizer=Path("tok"), text_encoder=Path("t5"))
+    jobs = [Job(Prompt("a red square", "red", negative="blurry"), 0), Job(Prompt("a blue disc", "blue", negative="blurry"), 0)]
+    embeddings = pipeline.embed_prompts(settings, jobs, torch.device("cpu"), groups)
+    return len(loads), embeddings
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +137,17 @@ def test_the_layer_alone_returns_the_whole_network_output_on_every_process_also_
         assert y.shape == expected.shape
         assert (y - expected).abs().max().item() < TOLERANCE * expected.abs().max().item(), rank
         assert (out["compiled"] - expected).abs().max().item() < TOLERANCE * expected.abs().max().item(), rank
+
+
+@pytest.mark.slow
+def test_a_video_group_loads_t5_once_and_every_process_gets_the_leaders_embeddings(four_processes):
+    for rank, out in four_processes.items():
+        loads, embeddings = out["embedded"]
+        leader = rank - rank % 2
+        assert loads == (1 if rank == leader else 0), rank
+        assert sorted(embeddings) == ["a blue disc", "a red square", "blurry"]
+        for text, tensor in embeddings.items():
+            assert torch.equal(tensor, torch.full((4, 2), float(100 * leader + len(text)))), (rank, text)
 
 
 def test_a_wrong_split_is_visible():

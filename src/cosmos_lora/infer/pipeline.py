@@ -39,7 +39,7 @@ from cosmos_lora.model.generation import DEFAULT_AUGMENT_SIGMA, VideoInput, Vide
 from cosmos_lora.model.network import BlockSettings, build_network
 from cosmos_lora.model.text_encoder import embed_texts
 from cosmos_lora.model.tokenizer import VideoTokenizer, check_tokenizer_folder, latent_frames
-from cosmos_lora.model.parallel import VideoGroups, cfg_split, parallelize
+from cosmos_lora.model.parallel import VideoGroups, cfg_split, from_leader, parallelize
 from cosmos_lora.progress import progress_bar
 
 STAGE_LABELS = {"original": "original", "lora": "LoRA"}
@@ -363,10 +363,17 @@ class Text2WorldGenerator:
             torch.nn.Module.to(self.net, self.device)
 
 
-def embed_prompts(settings: InferSettings, jobs: list[Job], device: torch.device) -> dict[str, torch.Tensor]:
-    """Every distinct prompt and negative prompt through T5 once; T5 is freed afterwards."""
-    texts = {j.prompt.text for j in jobs} | {j.prompt.negative for j in jobs}
-    return embed_texts(settings.text_encoder, texts, device, settings.dtype)
+def embed_prompts(settings: InferSettings, jobs: list[Job], device: torch.device,
+                  groups: VideoGroups | None = None) -> dict[str, torch.Tensor]:
+    """Every distinct prompt and negative prompt through T5 once; T5 is freed afterwards. In a video group
+    (whose processes share its jobs) only the leader loads T5 (22 GB for T5-11B) and sends the rest the
+    embeddings."""
+    texts = sorted({j.prompt.text for j in jobs} | {j.prompt.negative for j in jobs})
+    if groups is None or groups.members is None:
+        return embed_texts(settings.text_encoder, texts, device, settings.dtype)
+    mine = embed_texts(settings.text_encoder, texts, device, settings.dtype) if groups.leads_video else None
+    stacked = from_leader(groups, torch.stack([mine[t] for t in texts]) if mine else None, device)
+    return {text: row.cpu() for text, row in zip(texts, stacked)}
 
 
 def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, show_progress: bool = True,
@@ -377,7 +384,7 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
     if not todo:
         return []
     started = time.perf_counter()
-    embeddings = embed_prompts(settings, todo, device)
+    embeddings = embed_prompts(settings, todo, device, groups)
     embedded = time.perf_counter()
     generator = Text2WorldGenerator(settings, device, groups)
     if show_progress:  # where start-up time goes (benchmarks/RESULTS.md uses these lines)

@@ -120,6 +120,12 @@ class VideoGroups:
     index: int  # its place in the video group; 0 decodes and writes
     sequence: dist.ProcessGroup | None  # the K processes of its branch
     cfg: dist.ProcessGroup | None  # the 2 processes holding its tokens in both branches
+    members: dist.ProcessGroup | None = None  # all G processes of its video group (G > 1)
+
+    @property
+    def leader(self) -> int:
+        """The global rank of its video group's first process (the one that decodes and writes)."""
+        return self.video * self.layout.per_video
 
     @property
     def leads_video(self) -> bool:
@@ -139,8 +145,11 @@ def make_groups(layout: VideoLayout, rank: int) -> VideoGroups:
     """Every process calls this in the same order (`dist.new_group` is collective over the world)."""
     g, k = layout.per_video, layout.sequence_size
     video, index = divmod(rank, g)
-    sequence = cfg = None
+    sequence = cfg = members = None
     for first in range(0, layout.processes, g):
+        if g > 1:
+            group = dist.new_group(list(range(first, first + g)))
+            members = group if first <= rank < first + g else members
         if k > 1:
             for branch in range(layout.branches):
                 ranks = [first + branch * k + s for s in range(k)]
@@ -151,7 +160,24 @@ def make_groups(layout: VideoLayout, rank: int) -> VideoGroups:
                 ranks = [first + s, first + k + s]  # conditional first: `CfgSplit.combine` relies on it
                 group = dist.new_group(ranks)
                 cfg = group if rank in ranks else cfg
-    return VideoGroups(layout, video, index, sequence, cfg)
+    return VideoGroups(layout, video, index, sequence, cfg, members)
+
+
+def from_leader(groups: VideoGroups, tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """The video group leader's float32 `tensor` on every process of the group (the others pass None):
+    what one process computed for all of them, e.g. the prompts' T5 embeddings."""
+    dims = torch.zeros(8, dtype=torch.int64, device=device)  # [ndim, *shape]: the others allocate from it
+    if groups.leads_video:
+        dims[0] = tensor.dim()
+        dims[1 : 1 + tensor.dim()] = torch.tensor(tensor.shape)
+    dist.broadcast(dims, src=groups.leader, group=groups.members)
+    shape = dims[1 : 1 + int(dims[0])].tolist()
+    if groups.leads_video:
+        received = tensor.to(device, torch.float32).contiguous()
+    else:
+        received = torch.empty(shape, dtype=torch.float32, device=device)
+    dist.broadcast(received, src=groups.leader, group=groups.members)
+    return received
 
 
 # -- CFG parallelism --------------------------------------------------------------------------------
