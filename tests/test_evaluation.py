@@ -198,14 +198,12 @@ def test_a_dataset_too_small_for_a_split_says_so_in_the_first_log_line():
 
 def test_video2world_eval_loss_is_conditioned_on_the_input_frame_and_repeats(world: World):  # noqa: F811
     """A Video2World run evaluates the image-to-video case: the clip's first latent frame given. Giving none
-    (plain text-to-video) is another number; the same run made twice gives the same one."""
+    (plain text-to-video) is another number. (Reruns repeat the number: the Text2World tests above.)"""
     base = ["posttrain", "--model", "tiny-v2w", "-d", "demo/shapes", "--eval-fraction", "0.25", "--eval-every", "1",
             "--nproc", "1", "--max-iter", "1"]
     one = evaluations(world.train(*base, "--name", "V1"))
-    again = evaluations(world.train(*base, "--name", "V1b"))
     none = evaluations(world.train(*base, "--name", "V0", "--", "model.video2world.eval_condition_frames=0"))
     assert sorted(one) == [0, 1]
-    assert one == again
     assert all(np.isfinite(float(v)) for v in one[0].values() if v)
     assert one[0]["eval_loss"] != none[0]["eval_loss"]
     # the sigmas are the ones it trains at: 4x the Text2World quantiles (0.22 .. 4.6)
