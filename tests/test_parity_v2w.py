@@ -13,13 +13,7 @@ from cosmos_lora.model.checkpoint import load_official_dit
 from cosmos_lora.model.edm import TrainingCondition, training_loss
 from cosmos_lora.model.lora import add_lora, from_official, load_lora_state, lora_parameters, official_to_ours
 from cosmos_lora.model.sampler import INIT_NOISE_SIGMA, FrameCondition, augment_noise, sample_latents
-
-ATOL = 2e-5
-ATOL_SAMPLE = 5e-5
-
-
-def assert_close(actual, expected, atol=ATOL):
-    torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=1e-5)
+from test_parity_official import ATOL, ATOL_SAMPLE, assert_close  # the same tolerances as the Text2World fixtures
 
 
 @pytest.fixture(scope="module")
