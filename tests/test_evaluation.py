@@ -111,10 +111,12 @@ def test_the_eval_loss_is_written_at_step_0_every_n_steps_and_at_the_end_and_fal
     evaluated = evaluations(run_a)
     assert sorted(evaluated) == [0, 4, 8]
     columns = list(evaluated[0])
-    assert columns[:2] == ["eval_loss", "eval_loss_ema"] and len(columns) == 2 + 8  # totals and 8 sigmas
+    assert columns[:2] == ["eval_loss", "eval_loss_ema"] and len(columns) == 2 + 2 * 8  # totals, 8 sigmas each
     for values in evaluated.values():
-        per_sigma = [float(values[c]) for c in columns[2:]]
-        assert float(values["eval_loss"]) == pytest.approx(np.mean(per_sigma), rel=1e-12)
+        for total in ("eval_loss", "eval_loss_ema"):
+            per_sigma = [float(values[c]) for c in columns if c.startswith(total + "_sigma_")]
+            assert len(per_sigma) == 8 and float(values[total]) == pytest.approx(np.mean(per_sigma), rel=1e-12)
+    assert evaluated[8]["eval_loss_ema_sigma_0.22"] != evaluated[8]["eval_loss_sigma_0.22"]  # the EMA's own
     base, last = float(evaluated[0]["eval_loss"]), float(evaluated[8]["eval_loss"])
     assert evaluated[0]["eval_loss"] == evaluated[0]["eval_loss_ema"]  # step 0: the EMA is the LoRA, a no-op
     assert last < base - 0.05 * abs(base), (base, last)  # trained on the domain: clearly better on its held-out clips
@@ -209,3 +211,43 @@ def test_video2world_eval_loss_is_conditioned_on_the_input_frame_and_repeats(wor
     # the sigmas are the ones it trains at: 4x the Text2World quantiles (0.22 .. 4.6)
     sigmas = sorted(float(k.removeprefix("eval_loss_sigma_")) for k in one[0] if k.startswith("eval_loss_sigma_"))
     assert 0.8 < sigmas[0] < 1.0 and 17 < sigmas[-1] < 20
+
+
+def test_a_stop_on_the_last_step_leaves_the_final_evaluation_to_the_resume(cli_env):
+    """A SIGTERM that lands on the last step saves and stops without the final evaluation (it could take
+    minutes); the run is left resumable, and the resume evaluates the last step and finishes."""
+    import torch
+
+    from cosmos_lora.config.build import build_experiment
+    from cosmos_lora.distributed import Distributed, Launch
+    from cosmos_lora.train.launch import prepare_run_dir
+    from cosmos_lora.train.trainer import Trainer
+
+    options = {"trainer.max_iter": 2, "trainer.eval_every": 10, "trainer.evaluation.fraction": 0.25,
+               "trainer.evaluation.ema": False}
+    config = build_experiment("tiny_lora", cli_env, "demo/shapes", options, [], "last", Launch(1))
+    prepare_run_dir(config, resume=False)
+    trainer = Trainer(config, Distributed(0, 0, 1, torch.device("cpu")))
+    step = trainer.train_step
+
+    def step_then_sigterm_at_the_last():
+        out = step()
+        trainer.stop_requested = trainer.step == 1  # raised during step 2 of 2, as a signal would be
+        return out
+
+    trainer.train_step = step_then_sigterm_at_the_last
+    try:
+        assert trainer.train() == "interrupted"
+    finally:
+        trainer.close()
+    run_dir = Path(config.job.run_dir)
+    assert sorted(evaluations(run_dir)) == [0]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
+    assert json.loads((run_dir / "latest.json").read_text())["step"] == 2
+
+    resumed = Trainer(config, Distributed(0, 0, 1, torch.device("cpu")))
+    try:
+        assert resumed.step == 2 and resumed.train() == "finished"
+    finally:
+        resumed.close()
+    assert sorted(evaluations(run_dir)) == [0, 2]

@@ -8,7 +8,8 @@
     noise   per clip and level, drawn on the CPU from a generator seeded by the clip's name and the level's index
     loss    the official loss (`model.edm.training_loss`) of each (clip, sigma), with the clip's own caption
             (no text dropout), one at a time; `eval_loss` is the mean over all of them, `eval_loss_sigma_<s>`
-            the mean over the clips at one level, `eval_loss_ema` the same with the EMA weights
+            the mean over the clips at one level, `eval_loss_ema` and `eval_loss_ema_sigma_<s>` the same with
+            the EMA weights
 
 The training loss draws a new sigma and noise for every sample, so it wanders by much more than the
 LoRA changes it; this number holds both fixed and moves only with the weights. It is the same on a
@@ -66,8 +67,9 @@ def noise_seed(clip: str, level: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{clip}\0{level}".encode()).digest()[:8], "big") & (2**63 - 1)
 
 
-def sigma_column(sigma: float) -> str:
-    return f"eval_loss_sigma_{sigma:.3g}"
+def sigma_column(sigma: float, total: str = "eval_loss") -> str:
+    """The column of one level's mean: `eval_loss_sigma_0.22`, `eval_loss_ema_sigma_0.22`."""
+    return f"{total}_sigma_{sigma:.3g}"
 
 
 @dataclass
@@ -91,24 +93,26 @@ class Evaluator:
         root = settings.root or config.dataloader_train.dataset.root  # another dataset, or the training one's
         latents = settings.latents_dir if settings.root else config.dataloader_train.dataset.latents_dir
         self.dataset = instantiate(config.dataloader_train.dataset, root=root, latents_dir=latents)
-        self.mine = self.clips[dist_info.rank :: dist_info.world_size]
+        self.mine = list(enumerate(self.clips))[dist_info.rank :: dist_info.world_size]  # (row, clip)
         self._cache: dict[str, _Clip] = {}  # filled at the first evaluation: a clip is read and encoded once
 
     @property
     def columns(self) -> list[str]:
-        return ["eval_loss", "eval_loss_ema"] + [sigma_column(s) for s in self.sigmas] + ["s_per_eval"]
+        per_sigma = [sigma_column(s, total) for total in ("eval_loss", "eval_loss_ema") for s in self.sigmas]
+        return ["eval_loss", "eval_loss_ema"] + per_sigma + ["s_per_eval"]
 
     def due(self, step: int, max_iter: int) -> bool:
         return step % self.every == 0 or step == max_iter
 
     def run(self, net: torch.nn.Module, logvar: torch.nn.Module, tokenizer: VideoTokenizer, params: dict,
             ema) -> dict[str, float]:
-        """{eval_loss, eval_loss_sigma_<s>..., eval_loss_ema}: the same numbers on every rank."""
+        """{eval_loss, eval_loss_sigma_<s>..., eval_loss_ema, eval_loss_ema_sigma_<s>...}: the same numbers on
+        every rank."""
         modes = {module: module.training for module in net.modules()}
         net.eval()
         try:
             with rng_untouched(self.device), torch.no_grad():
-                values = self._totals(self._losses(net, logvar, tokenizer), "eval_loss", per_sigma=True)
+                values = self._totals(self._losses(net, logvar, tokenizer), "eval_loss")
                 if self.with_ema:
                     with swapped_in(params, ema.state_dict()):
                         values.update(self._totals(self._losses(net, logvar, tokenizer), "eval_loss_ema"))
@@ -121,8 +125,7 @@ class Evaluator:
         """[clips, sigmas] float64: this rank's clips filled in, gathered from every rank (exact: one
         non-zero term per entry)."""
         losses = torch.zeros(len(self.clips), len(self.sigmas), dtype=torch.float64, device=self.device)
-        for clip in self.mine:
-            row = self.clips.index(clip)
+        for row, clip in self.mine:
             data = self._clip(clip, tokenizer)
             for level, sigma in enumerate(self.sigmas):
                 losses[row, level] = self._loss(net, logvar, clip, data, level, sigma)
@@ -160,10 +163,10 @@ class Evaluator:
             self._cache[clip] = _Clip(latent * SIGMA_DATA, sample["t5_text_embeddings"][None], sample["fps"][None])
         return self._cache[clip]
 
-    def _totals(self, losses: torch.Tensor, name: str, per_sigma: bool = False) -> dict[str, float]:
-        """Means summed in clip order (and level order): the same float on every rank and world size."""
+    def _totals(self, losses: torch.Tensor, name: str) -> dict[str, float]:
+        """The mean and each level's mean, summed in clip order (and level order): the same float on every
+        rank and world size."""
         values = {name: float(sum(float(v) for v in losses.flatten()) / losses.numel())}
-        if per_sigma:
-            for level, sigma in enumerate(self.sigmas):
-                values[sigma_column(sigma)] = float(sum(float(v) for v in losses[:, level]) / len(self.clips))
+        for level, sigma in enumerate(self.sigmas):
+            values[sigma_column(sigma, name)] = float(sum(float(v) for v in losses[:, level]) / len(self.clips))
         return values

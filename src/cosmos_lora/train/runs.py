@@ -3,7 +3,7 @@
     config.yaml    dataset, rank, scale, lr, total steps        (the resolved experiment)
     status.json    running | finished | interrupted | failed    (rank 0 writes it at start and end)
     metrics.csv    step, loss, loss_smoothed, lr, s_per_step...  (one row per logged step)
-                   step, eval_loss, eval_loss_ema, eval_loss_sigma_*  (one row per evaluation; step 0: the base model)
+                   step, eval_loss, eval_loss_ema, eval_loss[_ema]_sigma_*  (one row per evaluation; step 0: the base model)
     latest.json    the newest complete save
 
 A run killed without warning (SIGKILL, the OOM killer, a lost node) leaves status.json at "running"

@@ -190,9 +190,10 @@ class Trainer:
             self._log(loss_value, grad_norm, lr, time.perf_counter() - started)
             if self.step % save_every == 0 or self.step == max_iter or stop:
                 self.save()
-            if stop and self.step < max_iter:
+            if stop and (self.step < max_iter or self.evaluator is not None):
+                # an evaluation due now (the final one too) runs when the run is resumed
                 write_status(self.run_dir, "interrupted", self.step, self.dist)
-                return "interrupted"  # an evaluation due now runs when the run is resumed
+                return "interrupted"
             if self.evaluator is not None and self.evaluator.due(self.step, max_iter) and not stop:
                 self.evaluate()
             if self.validator is not None and self.validator.due(self.step) and not stop:
