@@ -116,7 +116,8 @@ def test_the_eval_loss_is_written_at_step_0_every_n_steps_and_at_the_end_and_fal
         for total in ("eval_loss", "eval_loss_ema"):
             per_sigma = [float(values[c]) for c in columns if c.startswith(total + "_sigma_")]
             assert len(per_sigma) == 8 and float(values[total]) == pytest.approx(np.mean(per_sigma), rel=1e-12)
-    assert evaluated[8]["eval_loss_ema_sigma_0.22"] != evaluated[8]["eval_loss_sigma_0.22"]  # the EMA's own
+    lowest = columns[2].removeprefix("eval_loss_sigma_")  # the EMA's own values, level by level
+    assert evaluated[8][f"eval_loss_ema_sigma_{lowest}"] != evaluated[8][f"eval_loss_sigma_{lowest}"]
     base, last = float(evaluated[0]["eval_loss"]), float(evaluated[8]["eval_loss"])
     assert evaluated[0]["eval_loss"] == evaluated[0]["eval_loss_ema"]  # step 0: the EMA is the LoRA, a no-op
     assert last < base - 0.05 * abs(base), (base, last)  # trained on the domain: clearly better on its held-out clips
