@@ -172,3 +172,33 @@ def test_block_settings_change_speed_and_memory_not_results(setting):
     assert all(torch.equal(a, b) for a, b in zip(plain[1], configured[1]))
     reset_blocks(net)
     assert "forward" not in net.transformer_blocks[0].__dict__
+
+
+def test_switching_adapters_off_gives_the_base_exactly_and_compiles_nothing_again():
+    """`infer --stages both` switches the LoRA off and on between videos: by value (AdapterSwitch), so compiled
+    blocks keep their one graph (peft's disable_adapters is a flag torch.compile guards on: a second
+    compilation, about 10 s at 7B), with the base network's output exactly when off and peft's when on."""
+    from torch._dynamo.utils import counters
+
+    from cosmos_lora.model.lora import AdapterSwitch
+
+    net = _lora_net(LoraSpec(rank=2, scale=2.0, blocks=(0, 1))).to(torch.bfloat16)
+    inputs = dict(x=torch.randn(2, 16, 2, 8, 8, dtype=torch.bfloat16), timesteps=torch.tensor([0.1, 0.2]),
+                  crossattn_emb=torch.randn(2, 5, 32, dtype=torch.bfloat16))
+    with torch.no_grad():
+        with_lora = net(**inputs)
+        net.disable_adapters()
+        base = net(**inputs)
+        net.enable_adapters()
+    assert not torch.equal(with_lora, base)
+    switch = AdapterSwitch(net)
+    for block in net.transformer_blocks:  # as configure_blocks compiles them on GPUs (aot_eager: CPU, no compiler)
+        block.forward = torch.compile(block.forward, backend="aot_eager", dynamic=False)
+    outputs, graphs = [], counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        for on in (False, True, False, True):
+            switch(on)
+            outputs.append(net(**inputs))
+    assert counters["stats"]["unique_graphs"] - graphs == 1  # one graph for every block and both states
+    assert torch.equal(outputs[0], base) and torch.equal(outputs[2], base)
+    assert torch.equal(outputs[1], with_lora) and torch.equal(outputs[3], with_lora)

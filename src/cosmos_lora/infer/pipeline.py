@@ -37,6 +37,7 @@ from cosmos_lora.model.checkpoint import (
 from cosmos_lora.model.dit import DiTSize, size_from_state_dict
 from cosmos_lora.model.generation import DEFAULT_AUGMENT_SIGMA, VideoInput, VideoSettings, generate_video
 from cosmos_lora.model.network import BlockSettings, build_network
+from cosmos_lora.model.lora import AdapterSwitch
 from cosmos_lora.model.text_encoder import embed_texts
 from cosmos_lora.model.tokenizer import VideoTokenizer, check_tokenizer_folder, latent_frames
 from cosmos_lora.model.parallel import VideoGroups, cfg_split, from_leader, parallelize
@@ -314,6 +315,7 @@ class Text2WorldGenerator:
             fp8=settings.fp8, blocks=BlockSettings(compile=settings.compile, prefer_cudnn=settings.attention_backend == "cudnn"),
         ).net.eval()
         parallelize(self.net, groups)  # last: it splits the tokens of the network as assembled
+        self.switch_adapters = AdapterSwitch(self.net) if self.adapters else None
         home = "cpu" if settings.offload else device
         self.tokenizer = VideoTokenizer(settings.tokenizer, home, self.dtype, settings.pixel_chunk_duration)
         self.video = VideoSettings(settings.frames, settings.height, settings.width, settings.fps, settings.steps, settings.guidance)
@@ -322,9 +324,8 @@ class Text2WorldGenerator:
             self.input_frames = read_input(settings.input_file, settings.input_kind, settings.num_input_frames)
 
     def set_stage(self, stage: str) -> None:
-        if not self.adapters:
-            return
-        (self.net.enable_adapters if stage == "lora" else self.net.disable_adapters)()
+        if self.switch_adapters is not None:
+            self.switch_adapters(stage == "lora")
 
     @property
     def writes(self) -> bool:

@@ -84,6 +84,32 @@ def add_lora(net: torch.nn.Module, spec: LoraSpec, seed: int | None = None) -> N
             param.requires_grad_(True)
 
 
+class AdapterSwitch:
+    """Turns a network's LoRA on and off by value, so compiled blocks are not compiled again.
+
+    peft's `disable_adapters` is a Python flag inside each LoRA layer's forward, so torch.compile
+    guards on it and compiles every block once more at the first switch (an original-then-lora
+    `infer --stages both` pays two compilations). Here each layer's scaling becomes a 0-dim tensor
+    on the network's device, filled with its scale (on) or 0 (off): a new value, the same graph. Off,
+    a layer returns `base(x) + lora(x) * 0`, which is `base(x)` exactly for finite activations.
+    """
+
+    def __init__(self, net: torch.nn.Module):
+        from peft.tuners.lora import LoraLayer
+
+        self.scales: list[tuple[torch.Tensor, float]] = []
+        for module in net.modules():
+            if isinstance(module, LoraLayer):
+                device = next(module.parameters()).device
+                for name, value in list(module.scaling.items()):
+                    module.scaling[name] = torch.tensor(float(value), device=device)
+                    self.scales.append((module.scaling[name], float(value)))
+
+    def __call__(self, on: bool) -> None:
+        for tensor, value in self.scales:
+            tensor.fill_(value if on else 0.0)
+
+
 def lora_parameters(net: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in net.named_parameters() if ".lora_" in name}
 
