@@ -451,3 +451,33 @@ def test_index_html_shows_every_comparison_in_headless_chromium(cli_env, run_dir
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
     background = np.all(pixels == (17, 17, 17), axis=1).mean()
     assert 0.05 < 1 - background and len(np.unique(pixels, axis=0)) > 100  # videos and text drawn, not a blank page
+
+
+def test_background_writes_keep_their_order_raise_a_failed_write_and_drop_unstarted_ones_on_a_stop():
+    """infer writes each finished video on a thread while the next one samples (pipeline.BackgroundWrites)."""
+    import threading
+
+    from cosmos_lora.infer.pipeline import BackgroundWrites
+
+    order = []
+    with BackgroundWrites() as writes:
+        for i in range(5):
+            writes.submit(lambda i=i: (time.sleep(0.01 * (5 - i)), order.append(i)), done=lambda i=i: order.append(-i))
+    assert order == [0, 0, 1, -1, 2, -2, 3, -3, 4, -4]  # each write, then its note, in the order given
+
+    def disk_full():
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        with BackgroundWrites() as writes:
+            writes.submit(disk_full)
+
+    started, release, order = threading.Event(), threading.Event(), []
+    with pytest.raises(KeyboardInterrupt):
+        with BackgroundWrites() as writes:
+            writes.submit(lambda: (started.set(), release.wait(10), order.append("in progress")))
+            writes.submit(lambda: order.append("not started"))
+            assert started.wait(10)
+            threading.Timer(0.2, release.set).start()
+            raise KeyboardInterrupt  # Ctrl-C while the first video is being written
+    assert order == ["in progress"]  # it finished (a file is published whole); the next was dropped

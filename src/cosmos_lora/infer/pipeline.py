@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -393,7 +394,7 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
               f"{time.perf_counter() - embedded:.1f} s", file=sys.stderr)
     stages = STAGES[settings.stages]
     written, failed = [], []
-    with progress_bar(show_progress) as progress:
+    with progress_bar(show_progress) as progress, BackgroundWrites() as writes:
         videos_task = progress.add_task("videos", total=len(todo) * len(stages))
         steps_task = progress.add_task("steps", total=settings.steps)
 
@@ -419,14 +420,16 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
                     failed.append(job)
                     break
                 timings["seconds"] = round(time.perf_counter() - started, 3)
-                if generator.writes:
-                    base = outputs.get("original") if stage == "lora" else None  # drift: same seed, base model
-                    written.append(_write_stage(settings, job, stage, outputs[stage], latents, timings, base))
                 progress.advance(videos_task)
                 if generator.writes:
-                    progress.note(f"video {len(written)}/{len(todo) * len(stages)} ({timings['seconds']:.0f} s): {written[-1]}")
+                    base = outputs.get("original") if stage == "lora" else None  # drift: same seed, base model
+                    kept = latents.float().cpu() if settings.save_latents else None
+                    written.append(video_path(settings.out_dir, stage, job))
+                    note = f"video {len(written)}/{len(todo) * len(stages)} ({timings['seconds']:.0f} s): {written[-1]}"
+                    writes.submit(_write_stage, settings, job, stage, outputs[stage], kept, timings, base,
+                                  done=lambda note=note: progress.note(note))
             if len(stages) == 2 and len(outputs) == 2 and generator.writes:
-                write_video(compare_path(settings.out_dir, job), _comparison(settings, generator, stages, outputs), settings.fps)
+                writes.submit(_write_comparison, settings, job, generator.input_frames, stages, outputs)
     if failed:
         raise UserError(
             f"{len(failed)} of {len(todo)} jobs went NaN/inf while sampling (listed above); their videos were not written.",
@@ -435,25 +438,54 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
     return written
 
 
-def _comparison(settings: InferSettings, generator: Text2WorldGenerator, stages, outputs: dict) -> np.ndarray:
+class BackgroundWrites:
+    """Finished videos are encoded, measured and written on one thread while the GPUs sample the next
+    (5-14 s of CPU per 121x704x1280 video, mostly ffmpeg and the video metrics), in the order given, so
+    a sidecar still follows its video. Leaving waits for every write and raises the first one that
+    failed; leaving on an error or a stop (Ctrl-C, SIGTERM) lets the write in progress finish (each
+    file is published whole) and drops the ones not started."""
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="video-writes")
+        self.pending: list[Future] = []
+
+    def submit(self, write, *args, done=None) -> None:
+        def run():
+            write(*args)
+            if done is not None:
+                done()
+
+        self.pending.append(self.pool.submit(run))
+
+    def __enter__(self) -> "BackgroundWrites":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=kind is not None)
+        if kind is None:
+            for future in self.pending:
+                future.result()
+
+
+def _write_comparison(settings: InferSettings, job: Job, input_frames: np.ndarray | None, stages, outputs: dict) -> None:
     """The stages side by side; a Video2World comparison starts with the input it continues."""
     videos, labels = [outputs[s] for s in stages], [STAGE_LABELS[s] for s in stages]
-    if generator.input_frames is not None:
+    if input_frames is not None:
         length, height, width = videos[0].shape[:3]
-        videos.insert(0, input_panel(generator.input_frames, length, height, width))
+        videos.insert(0, input_panel(input_frames, length, height, width))
         labels.insert(0, f"input: last {settings.num_input_frames} frame(s)" if settings.input_kind == "video" else "input image")
-    return side_by_side(videos, labels)
+    write_video(compare_path(settings.out_dir, job), side_by_side(videos, labels), settings.fps)
 
 
-def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, latents: torch.Tensor,
+def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, latents: torch.Tensor | None,
                  timings: dict, base: np.ndarray | None) -> Path:
     """The video (and latents), then `prompt.txt`, then the sidecar (what made the video, timings, and its
     `video_metrics`, with the drift from `base`): a video without its sidecar, or with an older one, counts
     as unfinished."""
     path = video_path(settings.out_dir, stage, job)
     write_video(path, frames, settings.fps)
-    if settings.save_latents:
-        atomic_write(latents_path(path), safetensors.torch.save({"latents": latents.float().cpu().contiguous()}))
+    if latents is not None:  # --save-latents
+        atomic_write(latents_path(path), safetensors.torch.save({"latents": latents.contiguous()}))
     _write_text(path.parent / "prompt.txt", job.prompt.text + "\n")
     meta = made_of(settings, job, stage) | timings | {"metrics": video_metrics.measure(frames, base)} | settings.extra_meta
     _write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
