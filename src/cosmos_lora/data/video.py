@@ -26,6 +26,7 @@ from cosmos_lora.files import publish, remove_quietly, temporary_sibling
 # x264 constant rate factor per quality name: lower is closer to the input and larger on disk.
 # "high" keeps a decode -> encode -> decode round trip within a few grey levels.
 QUALITY_CRF = {"high": 12, "medium": 18, "low": 23}
+X264_PRESETS = ("veryfast", "faster", "fast", "medium")
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,12 @@ def read_video(path: Path, max_frames: int | None = None) -> tuple[np.ndarray, f
     return np.stack(frames), header["fps"]
 
 
-def write_video(path: Path, frames: np.ndarray, fps: float, quality: str = "high") -> None:
+def write_video(path: Path, frames: np.ndarray, fps: float, quality: str = "high", preset: str = "medium") -> None:
     """Writes uint8 `[T, H, W, 3]` frames as an H.264 yuv420p mp4 (see `VideoWriter`)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise ValueError(f"write_video expects uint8 frames [T, H, W, 3] with T >= 1, got {frames.shape}.")
-    with VideoWriter(path, height=frames.shape[1], width=frames.shape[2], fps=fps, quality=quality) as writer:
+    with VideoWriter(path, height=frames.shape[1], width=frames.shape[2], fps=fps, quality=quality, preset=preset) as writer:
         writer.write(frames)
 
 
@@ -106,7 +107,9 @@ class VideoWriter:
     Use as a context manager, or call `close`/`abort` yourself.
     """
 
-    def __init__(self, path: Path, height: int, width: int, fps: float, quality: str = "high"):
+    def __init__(self, path: Path, height: int, width: int, fps: float, quality: str = "high", preset: str = "medium"):
+        """`quality` sets the picture (CRF); `preset` x264's effort per frame: "veryfast" encodes the same
+        quality about 2.6x faster into a file about 30% larger (the comparison videos use it)."""
         if height % 2 or width % 2:
             raise UserError(
                 f"Cannot write {path}: frames are {height}x{width} (HxW), but H.264 yuv420p needs an even "
@@ -115,6 +118,8 @@ class VideoWriter:
             )
         if quality not in QUALITY_CRF:
             raise ValueError(f"quality must be one of {sorted(QUALITY_CRF)}, got {quality!r}.")
+        if preset not in X264_PRESETS:
+            raise ValueError(f"preset must be one of {X264_PRESETS}, got {preset!r}.")
         self.path = Path(path)
         self.shape = (height, width, 3)
         self.frames_written = 0
@@ -125,7 +130,7 @@ class VideoWriter:
             imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
             "-r", str(Fraction(fps).limit_denominator()), "-i", "-",  # a rational rate keeps 24000/1001 exact
-            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(QUALITY_CRF[quality]), "-preset", "medium",
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(QUALITY_CRF[quality]), "-preset", preset,
             "-f", "mp4", str(self._tmp),
         ]
         self._process = None

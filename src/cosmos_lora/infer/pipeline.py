@@ -474,7 +474,8 @@ def _write_comparison(settings: InferSettings, job: Job, input_frames: np.ndarra
         length, height, width = videos[0].shape[:3]
         videos.insert(0, input_panel(input_frames, length, height, width))
         labels.insert(0, f"input: last {settings.num_input_frames} frame(s)" if settings.input_kind == "video" else "input image")
-    write_video(compare_path(settings.out_dir, job), side_by_side(videos, labels), settings.fps)
+    # a viewing aid twice as wide as a video: encoded 2.6x faster at the same quality (a larger file)
+    write_video(compare_path(settings.out_dir, job), side_by_side(videos, labels), settings.fps, preset="veryfast")
 
 
 def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, latents: torch.Tensor | None,
@@ -483,11 +484,13 @@ def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarr
     `video_metrics`, with the drift from `base`): a video without its sidecar, or with an older one, counts
     as unfinished."""
     path = video_path(settings.out_dir, stage, job)
-    write_video(path, frames, settings.fps)
+    with ThreadPoolExecutor(max_workers=1) as beside:  # the metrics while ffmpeg encodes: both take seconds
+        metrics = beside.submit(video_metrics.measure, frames, base)
+        write_video(path, frames, settings.fps)
     if latents is not None:  # --save-latents
         atomic_write(latents_path(path), safetensors.torch.save({"latents": latents.contiguous()}))
     _write_text(path.parent / "prompt.txt", job.prompt.text + "\n")
-    meta = made_of(settings, job, stage) | timings | {"metrics": video_metrics.measure(frames, base)} | settings.extra_meta
+    meta = made_of(settings, job, stage) | timings | {"metrics": metrics.result()} | settings.extra_meta
     _write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
     return path
 
