@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Issues 17 and 19 on one 4-GPU host in one device call (about 8 minutes on 4x H100):
+# Issues 17 and 19 on one 4-GPU host. PHASES=7b (steps 1-3: about 7 minutes on 4x H100, one device
+# call) and PHASES=14b (step 4, a call of its own: all four did not fit one 10-minute call on 2026-11-28):
 #   1. the fake 7B world; meanwhile, where a worker's start-up goes (import times, CUDA init)
 #   2. the users' command: one prompt, `infer --stages both`, 35 steps, --nproc 4 (multi_gpu.py infer-n)
 #   3. one 7B video on 1 GPU and on 4 (CFG x 2 token shards), 3 timed steps (one_video_many_gpus.py)
 #   4. the fake 14B world and one 14B video on 4 GPUs, 3 timed steps
 #
-#   RESULTS=out WORLD_ROOT=/tmp/world bash benchmarks/four_gpu_session.sh
+#   RESULTS=out WORLD_ROOT=/tmp/world PHASES=7b bash benchmarks/four_gpu_session.sh
 set -u
+phases=${PHASES:-7b 14b}
 results=${RESULTS:?set RESULTS}
 root=${WORLD_ROOT:-/tmp/world}
 here=$(dirname "$0")
@@ -15,6 +17,7 @@ phase() { echo "$(date +%T) $*" >> "$results/progress.log"; }
 nvidia-smi --query-gpu=timestamp,index,memory.used --format=csv,noheader -l 5 > "$results/gpu_memory.csv" &
 sampler=$!
 
+if [[ " $phases " == *" 7b "* ]]; then
 phase "7B world | start-up probes"
 python3 "$here/fake_world.py" --root "$root/7b" --clips 1 > "$results/world_7b.log" 2>&1 &
 world=$!
@@ -32,10 +35,14 @@ phase "7B: one video on 1 and 4 GPUs"
 python3 "$here/one_video_many_gpus.py" --root "$root/7b" --out "$results/one_video_7b.json" --steps 3 --variants 1,4cfg \
   --timeout 170 > "$results/one_video_7b.log" 2>&1
 
+fi
+
+if [[ " $phases " == *" 14b "* ]]; then
 phase "14B world and one 14B video on 4 GPUs"
 rm -rf "$root/7b/checkpoints/Cosmos-Predict1-7B-Text2World"  # disk and page cache for the 14B
 python3 "$here/fake_world.py" --root "$root/14b" --clips 1 --size 14b > "$results/world_14b.log" 2>&1
 python3 "$here/one_video_many_gpus.py" --size 14b --root "$root/14b" --out "$results/one_video_14b.json" --steps 3 \
   --variants 4cfg --timeout 200 > "$results/one_video_14b.log" 2>&1
+fi
 kill "$sampler"
 phase "done"
