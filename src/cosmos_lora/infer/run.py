@@ -4,11 +4,14 @@
 process takes its share of the (prompt, seed) jobs; the main one writes `index.html` at the end.
 """
 
-import json
-import sys
 import time
-from dataclasses import asdict
-from pathlib import Path
+
+STARTED = time.time()  # before the heavy imports below: the start-up line splits the time at this point
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import torch.distributed as dist
 
@@ -19,6 +22,7 @@ from cosmos_lora.infer.pipeline import RERUN_MAY_CHANGE, InferSettings, dit_fing
 from cosmos_lora.infer.prompts import Job, Prompt, plan_jobs, shard
 from cosmos_lora.model.parallel import make_groups, video_layout
 
+IMPORTED = time.time()
 PLAN = "plan.json"
 
 
@@ -59,7 +63,9 @@ def run_plan(plan_path: Path, dist_info: Distributed) -> tuple[list[Path], Path 
     its videos together); the main process writes `index.html` once all are done."""
     settings, jobs = load_plan(plan_path)
     if dist_info.is_main:  # the plan is written just before the launch: this is torchrun + imports + joining
-        print(f"workers up {time.time() - plan_path.stat().st_mtime:.1f} s after the launch", file=sys.stderr)
+        launched, now = plan_path.stat().st_mtime, time.time()
+        print(f"workers up {now - launched:.1f} s after the launch (torchrun and python {STARTED - launched:.1f} s, "
+              f"imports {IMPORTED - STARTED:.1f} s, process group {now - IMPORTED:.1f} s)", file=sys.stderr)
     layout = video_layout(dist_info.world_size, settings.gpus_per_video, settings.cfg_parallel)
     groups = make_groups(layout, dist_info.rank) if dist_info.enabled else None
     video = groups.video if groups else 0
