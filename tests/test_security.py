@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from typer.testing import CliRunner
 
 from posttrain_runs import ONE_PROCESS, ONE_PROCESS_STEPS, cosmos_lora
 
+from cosmos_lora.cli.app import app
 from cosmos_lora.config import check_targets, instantiate, load_preset
 from cosmos_lora.config.experiment import preset_names
 from cosmos_lora.errors import UserError
@@ -35,6 +37,16 @@ class CreatesFile:
 
     def __reduce__(self):
         return open, (str(self.marker), "w")
+
+
+def refused_before_launch(roots: Roots, *args: str) -> subprocess.CompletedProcess:
+    """The CLI called in this process, for what it refuses before starting any: a payload that ran here
+    would create its file all the same, and an exception other than the CLI's exit is a traceback."""
+    env = {"COSMOS_LORA_CHECKPOINTS": str(roots.checkpoints), "COSMOS_LORA_DATASETS": str(roots.datasets),
+           "COSMOS_LORA_OUTPUTS": str(roots.outputs)}
+    result = CliRunner().invoke(app, list(args), env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def error_lines(done: subprocess.CompletedProcess) -> list[str]:
@@ -132,7 +144,7 @@ def test_a_config_yaml_target_payload_is_refused_before_launch(world, tmp_path, 
     (run / "config.yaml").write_text(OmegaConf.to_yaml(config))
     status_before = (run / "status.json").read_text()
     args = ["posttrain", "--config", str(run / "config.yaml"), "--resume"] if how == "--config" else [*TRAIN, "--resume"]
-    done = cosmos_lora(world, *args, "--max-iter", str(STEPS + 2))
+    done = refused_before_launch(world, *args, "--max-iter", str(STEPS + 2))
     assert not marker.exists()
     assert done.returncode == 1 and "Traceback" not in done.stderr
     lines = error_lines(done)
@@ -176,7 +188,8 @@ def test_a_crafted_embedding_pickle_runs_no_code(roots, tmp_path, protocol):
     marker = tmp_path / "pwned"
     embedding = sorted((roots.dataset(DATASET) / "t5_xxl").glob("*.pickle"))[0]
     embedding.write_bytes(pickle.dumps([CreatesFile(marker)], protocol=protocol))
-    done = cosmos_lora(roots, "posttrain", "--model", "tiny", "-d", DATASET, "--nproc", "1", "--name", "B", "--max-iter", "1")
+    done = refused_before_launch(roots, "posttrain", "--model", "tiny", "-d", DATASET, "--nproc", "1", "--name", "B",
+                                 "--max-iter", "1")
     assert not marker.exists()
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert str(embedding) in done.stderr and "refers to io.open" in done.stderr
