@@ -6,7 +6,7 @@ Runs on the tiny model and the shared 8-clip synthetic dataset, 2 of its clips h
 
     A  2 gloo processes, 30 steps at lr 1e-2, eval every 10 steps   the reference (tests/posttrain_runs.py)
     B  the same, SIGTERM'd after its first step, resumed with the command the CLI prints (same file)
-    S  1 process, 1 step                                            its step-0 evaluation (the base model) is A's
+    S  1 process (in the test's process), 1 step                    its step-0 evaluation (the base model) is A's
 
 A rerun of A is covered by B: up to its stop B is a rerun, and after the resume its evaluations must match
 A's bit for bit too.
@@ -26,8 +26,6 @@ from posttrain_runs import EVAL_EVERY, STEPS, World, train_state  # A and B: ses
 
 from cosmos_lora.data.split import held_out_clips, too_small
 
-TRAIN = ["posttrain", "--model", "tiny", "-d", "demo/shapes", "--eval-fraction", "0.25", "--eval-every", str(EVAL_EVERY)]
-
 
 def rows(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv", newline="") as f:
@@ -41,7 +39,27 @@ def evaluations(run_dir: Path) -> dict[int, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def run_s(world: World) -> Path:
-    return world.train(*TRAIN, "--nproc", "1", "--max-iter", "1", "--name", "S")
+    """S: trained in this process as the one worker of a 1-process launch trains."""
+    return train_in_process(world, "tiny_lora", "S", {"trainer.evaluation.fraction": 0.25, "trainer.eval_every": EVAL_EVERY,
+                                                       "trainer.max_iter": 1})
+
+
+def train_in_process(world: World, preset: str, name: str, options: dict) -> Path:
+    import torch
+
+    from cosmos_lora.config.build import build_experiment
+    from cosmos_lora.distributed import Distributed, Launch
+    from cosmos_lora.train.launch import prepare_run_dir
+    from cosmos_lora.train.trainer import Trainer
+
+    config = build_experiment(preset, world.roots, "demo/shapes", options, [], name, Launch(1))
+    prepare_run_dir(config, resume=False)
+    trainer = Trainer(config, Distributed(0, 0, 1, torch.device("cpu")))
+    try:
+        assert trainer.train() == "finished"
+    finally:
+        trainer.close()
+    return Path(config.job.run_dir)
 
 
 def test_the_split_is_chosen_by_clip_name_and_a_small_dataset_has_none():
@@ -163,28 +181,16 @@ def test_video2world_eval_loss_is_conditioned_on_the_input_frame_and_repeats(wor
     """A Video2World run evaluates the image-to-video case: the clip's first latent frame given. Giving none
     (plain text-to-video, the same run's settings trained in this process) is another number. (Reruns repeat
     the number: the Text2World tests above.)"""
-    import torch
-
     from cosmos_lora.config import load_preset
-    from cosmos_lora.config.build import build_experiment
     from cosmos_lora.config.experiment import changed_keys
-    from cosmos_lora.distributed import Distributed, Launch
-    from cosmos_lora.train.launch import prepare_run_dir
-    from cosmos_lora.train.trainer import Trainer
 
     base = ["posttrain", "--model", "tiny-v2w", "-d", "demo/shapes", "--eval-fraction", "0.25", "--eval-every", "1",
             "--nproc", "1", "--max-iter", "1"]
     one = evaluations(world.train(*base, "--name", "V1"))
-    options = {"trainer.evaluation.fraction": 0.25, "trainer.eval_every": 1, "trainer.max_iter": 1,
-               "model.video2world.eval_condition_frames": 0}
-    config = build_experiment("tiny_v2w_lora", world.roots, "demo/shapes", options, [], "V0", Launch(1))
-    prepare_run_dir(config, resume=False)
-    trainer = Trainer(config, Distributed(0, 0, 1, torch.device("cpu")))
-    try:
-        assert trainer.train() == "finished"
-    finally:
-        trainer.close()
-    none = evaluations(Path(config.job.run_dir))
+    none = evaluations(train_in_process(world, "tiny_v2w_lora", "V0", {
+        "trainer.evaluation.fraction": 0.25, "trainer.eval_every": 1, "trainer.max_iter": 1,
+        "model.video2world.eval_condition_frames": 0,
+    }))
     saved = [load_preset(str(world.run(name) / "config.yaml")) for name in ("V1", "V0")]
     assert changed_keys(*saved) == ["job.name", "job.run_dir", "model.video2world.eval_condition_frames"]
     assert sorted(one) == [0, 1]
