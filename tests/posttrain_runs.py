@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from typer.testing import CliRunner
 
 from cosmos_lora.cli.app import app
 from cosmos_lora.model.lora import read_adapter
+from cosmos_lora.model.tiny import TINY_DIT
 from cosmos_lora.paths import Roots
 from cosmos_lora.train.state_files import load_state
 
@@ -112,10 +114,6 @@ def adapters(run_dir: Path, step: int) -> tuple[dict, dict]:
 
 
 def make_world(tiny_world: Roots, base: Path) -> World:
-    import shutil
-
-    from cosmos_lora.model.tiny import TINY_DIT
-
     roots = Roots(tiny_world.checkpoints, base / "datasets", base / "outputs")
     shutil.copytree(tiny_world.datasets, roots.datasets)
     env = {"COSMOS_LORA_CHECKPOINTS": str(roots.checkpoints), "COSMOS_LORA_DATASETS": str(roots.datasets),
