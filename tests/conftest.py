@@ -51,6 +51,39 @@ def tiny_world(tmp_path_factory) -> Roots:
     return roots
 
 
+@pytest.fixture(scope="session")
+def world(tiny_world, tmp_path_factory):
+    """Tiny roots and their CLI environment, where the shared 2-process runs of tests/posttrain_runs.py are made."""
+    from posttrain_runs import make_world
+
+    return make_world(tiny_world, tmp_path_factory.mktemp("posttrain"))
+
+
+@pytest.fixture(scope="session")
+def run_a(world) -> Path:
+    """Run A of tests/posttrain_runs.py: 30 steps on 2 processes, 2 clips held out and evaluated every 10 steps."""
+    from posttrain_runs import A_ARGS, named
+
+    return world.train(*named("A", A_ARGS))
+
+
+@pytest.fixture(scope="session")
+def run_b(world):
+    """Run B of tests/posttrain_runs.py: A's command with 2 loader workers, SIGTERM'd after a step and resumed."""
+    from posttrain_runs import A_ARGS, sigterm_then_resume
+
+    return sigterm_then_resume(world, "B", [*A_ARGS, "dataloader_train.num_workers=2"])
+
+
+@pytest.fixture(scope="session")
+def saved_every_step(tiny_world, tmp_path_factory) -> Roots:
+    """Roots holding run A of 1 process, 4 steps, each step's state kept (tests/posttrain_runs.py). Read-only:
+    copy it before writing."""
+    from posttrain_runs import make_saved_every_step
+
+    return make_saved_every_step(tiny_world, tmp_path_factory.mktemp("saved_every_step"))
+
+
 @pytest.fixture
 def roots(tiny_world, tmp_path) -> Roots:
     """A private copy of the tiny world: checkpoints shared (read-only), dataset and outputs per test."""

@@ -4,24 +4,17 @@ and read back by `runs` and `runs compare`.
 
 Runs on the tiny model and the shared 8-clip synthetic dataset, 2 of its clips held out (--eval-fraction 0.25):
 
-    A  2 gloo processes, 8 steps at lr 1e-2, eval every 4 steps   the reference
-    R  the same, SIGTERM'd after its first step, resumed with the command the CLI prints
-    S  1 process, 1 step                                          its step-0 evaluation (the base model) is A's
+    A  2 gloo processes, 30 steps at lr 1e-2, eval every 10 steps   the reference (tests/posttrain_runs.py)
+    B  the same, SIGTERM'd after its first step, resumed with the command the CLI prints (same file)
+    S  1 process (in the test's process), 1 step                    its step-0 evaluation (the base model) is A's
 
-A rerun of A is covered by R: up to its stop R is a rerun, and after the resume its evaluations must match
+A rerun of A is covered by B: up to its stop B is a rerun, and after the resume its evaluations must match
 A's bit for bit too.
 """
 
 import csv
 import json
-import os
 import re
-import shlex
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +22,9 @@ import pytest
 from PIL import Image
 
 from cli_helpers import assert_user_error
-from test_posttrain import World, world  # noqa: F401 - the module-scoped world of tiny roots and CLI env
+from posttrain_runs import EVAL_EVERY, STEPS, World, train_state  # A and B: session fixtures in conftest.py
 
 from cosmos_lora.data.split import held_out_clips, too_small
-
-TRAIN = ["posttrain", "--model", "tiny", "-d", "demo/shapes", "--eval-fraction", "0.25", "--eval-every", "4"]
-A_ARGS = [*TRAIN, "--nproc", "2", "--max-iter", "8", "--lr", "1e-2", "--", "trainer.log_every=1"]
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -48,39 +38,28 @@ def evaluations(run_dir: Path) -> dict[int, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def run_a(world: World) -> Path:  # noqa: F811
-    return world.train(*A_ARGS[:A_ARGS.index("--max-iter")], "--name", "A", *A_ARGS[A_ARGS.index("--max-iter"):])
+def run_s(world: World) -> Path:
+    """S: trained in this process as the one worker of a 1-process launch trains."""
+    return train_in_process(world, "tiny_lora", "S", {"trainer.evaluation.fraction": 0.25, "trainer.eval_every": EVAL_EVERY,
+                                                       "trainer.max_iter": 1})
 
 
-@pytest.fixture(scope="module")
-def run_r(world: World) -> Path:  # noqa: F811
-    """A's command, SIGTERM'd once its first training step is logged, then resumed as the CLI says."""
-    run_dir = world.run("R")
-    command = [sys.executable, "-m", "cosmos_lora", *A_ARGS[:A_ARGS.index("--max-iter")], "--name", "R",
-               *A_ARGS[A_ARGS.index("--max-iter"):]]
-    with tempfile.TemporaryFile("w+") as log:
-        cli = subprocess.Popen(command, env={**os.environ, **world.env}, stdout=subprocess.DEVNULL, stderr=log, text=True)
-        try:
-            deadline = time.monotonic() + 120
-            while not ((run_dir / "metrics.csv").is_file() and any(r["loss"] for r in rows(run_dir))):
-                assert cli.poll() is None and time.monotonic() < deadline, "the run ended or hung before its first step"
-                time.sleep(0.05)
-        finally:
-            cli.send_signal(signal.SIGTERM)
-            cli.wait(timeout=120)
-        log.seek(0)
-        stderr = log.read()
-    hint = re.search(r"Resume with: (.+)", stderr)
-    assert hint, stderr[-2000:]
-    stopped_at = json.loads((run_dir / "status.json").read_text())["step"]
-    assert stopped_at < 8, "the stop came after the last step: nothing was resumed"
-    world.train(*shlex.split(hint.group(1))[1:])
-    return run_dir
+def train_in_process(world: World, preset: str, name: str, options: dict) -> Path:
+    import torch
 
+    from cosmos_lora.config.build import build_experiment
+    from cosmos_lora.distributed import Distributed, Launch
+    from cosmos_lora.train.launch import prepare_run_dir
+    from cosmos_lora.train.trainer import Trainer
 
-@pytest.fixture(scope="module")
-def run_s(world: World) -> Path:  # noqa: F811
-    return world.train(*TRAIN, "--nproc", "1", "--max-iter", "1", "--name", "S")
+    config = build_experiment(preset, world.roots, "demo/shapes", options, [], name, Launch(1))
+    prepare_run_dir(config, resume=False)
+    trainer = Trainer(config, Distributed(0, 0, 1, torch.device("cpu")))
+    try:
+        assert trainer.train() == "finished"
+    finally:
+        trainer.close()
+    return Path(config.job.run_dir)
 
 
 def test_the_split_is_chosen_by_clip_name_and_a_small_dataset_has_none():
@@ -99,17 +78,16 @@ def test_held_out_clips_are_recorded_and_never_trained_on(run_a):
     assert len(held) == 2 and held == sorted(held_out_clips([f"synthetic_{i:06d}" for i in range(8)], 0.25, 2))
     log = json.loads((run_a / "status.json").read_text())
     assert log["state"] == "finished"
-    # 6 training clips over 2 processes x batch 1: 3 steps per epoch, so 8 steps end in epoch 2 at batch 2
-    from test_posttrain import train_state
-
+    # 6 training clips over 2 processes x batch 1: 3 steps per epoch (4 with all 8 clips), so 30 steps end
+    # with epoch 10 begun
     state = train_state(run_a)
-    assert (state["epoch"], state["batch_in_epoch"]) == (2, 2)
+    assert (state["epoch"], state["batch_in_epoch"]) == (10, 0)
 
 
 @pytest.mark.slow
 def test_the_eval_loss_is_written_at_step_0_every_n_steps_and_at_the_end_and_falls(run_a):
     evaluated = evaluations(run_a)
-    assert sorted(evaluated) == [0, 4, 8]
+    assert sorted(evaluated) == [0, 10, 20, STEPS]
     columns = list(evaluated[0])
     assert columns[:2] == ["eval_loss", "eval_loss_ema"] and len(columns) == 2 + 2 * 8  # totals, 8 sigmas each
     for values in evaluated.values():
@@ -117,16 +95,16 @@ def test_the_eval_loss_is_written_at_step_0_every_n_steps_and_at_the_end_and_fal
             per_sigma = [float(values[c]) for c in columns if c.startswith(total + "_sigma_")]
             assert len(per_sigma) == 8 and float(values[total]) == pytest.approx(np.mean(per_sigma), rel=1e-12)
     lowest = columns[2].removeprefix("eval_loss_sigma_")  # the EMA's own values, level by level
-    assert evaluated[8][f"eval_loss_ema_sigma_{lowest}"] != evaluated[8][f"eval_loss_sigma_{lowest}"]
-    base, last = float(evaluated[0]["eval_loss"]), float(evaluated[8]["eval_loss"])
+    assert evaluated[STEPS][f"eval_loss_ema_sigma_{lowest}"] != evaluated[STEPS][f"eval_loss_sigma_{lowest}"]
+    base, last = float(evaluated[0]["eval_loss"]), float(evaluated[STEPS]["eval_loss"])
     assert evaluated[0]["eval_loss"] == evaluated[0]["eval_loss_ema"]  # step 0: the EMA is the LoRA, a no-op
     assert last < base - 0.05 * abs(base), (base, last)  # trained on the domain: clearly better on its held-out clips
     assert (run_a / "tensorboard").is_dir() and list((run_a / "tensorboard").glob("events.*"))
 
 
 @pytest.mark.slow
-def test_the_eval_loss_is_identical_after_sigterm_and_resume(run_a, run_r):
-    assert evaluations(run_r) == evaluations(run_a)  # every digit, every step, base and EMA
+def test_the_eval_loss_is_identical_after_sigterm_and_resume(run_a, run_b):
+    assert evaluations(run_b.run_dir) == evaluations(run_a)  # every digit, every step, base and EMA
 
 
 @pytest.mark.slow
@@ -136,7 +114,7 @@ def test_the_eval_loss_is_identical_for_one_and_two_processes(run_a, run_s):
 
 
 @pytest.mark.slow
-def test_runs_shows_the_best_step_and_compare_names_what_differs(world, run_a, run_s, tmp_path):  # noqa: F811
+def test_runs_shows_the_best_step_and_compare_names_what_differs(world, run_a, run_s, tmp_path):
     listed = {r["name"]: r for r in json.loads(world.invoke("runs", "--json").stdout)["runs"]}
     evaluated = {step: float(v["eval_loss"]) for step, v in evaluations(run_a).items()}
     best = min(evaluated, key=evaluated.get)
@@ -151,7 +129,7 @@ def test_runs_shows_the_best_step_and_compare_names_what_differs(world, run_a, r
     assert [r["name"] for r in comparison["runs"]] == ["A", "S"] and comparison["comparable"]
     assert comparison["runs"][0]["eval_best_step"] == best
     assert [p["step"] for p in comparison["runs"][1]["curve"]] == [0, 1]
-    assert comparison["differing"]["trainer.max_iter"] == [8, 1] and comparison["differing"]["optimizer.lr"] == [1e-2, 2e-3]
+    assert comparison["differing"]["trainer.max_iter"] == [STEPS, 1] and comparison["differing"]["optimizer.lr"] == [1e-2, 2e-3]
     assert "job.name" not in comparison["differing"]
     image = np.asarray(Image.open(tmp_path / "eval.png").convert("RGB"))
     assert image.shape == (500, 900, 3) and np.all(image == (31, 119, 180), axis=-1).sum() > 200  # A's curve
@@ -199,13 +177,18 @@ def test_a_dataset_too_small_for_a_split_says_so_in_the_first_log_line():
     assert evaluation_summary(config, None, training_clips=8) == ""  # evaluation off: nothing to explain
 
 
-def test_video2world_eval_loss_is_conditioned_on_the_input_frame_and_repeats(world: World):  # noqa: F811
+def test_video2world_eval_loss_is_conditioned_on_the_input_frame_and_repeats(world: World):
     """A Video2World run evaluates the image-to-video case: the clip's first latent frame given. Giving none
-    (plain text-to-video) is another number. (Reruns repeat the number: the Text2World tests above.)"""
-    base = ["posttrain", "--model", "tiny-v2w", "-d", "demo/shapes", "--eval-fraction", "0.25", "--eval-every", "1",
-            "--nproc", "1", "--max-iter", "1"]
-    one = evaluations(world.train(*base, "--name", "V1"))
-    none = evaluations(world.train(*base, "--name", "V0", "--", "model.video2world.eval_condition_frames=0"))
+    (plain text-to-video) is another number. (Reruns repeat the number: the Text2World tests above; both runs
+    train in this process, as the worker of a 1-process launch does: `demo --v2w` evaluates through torchrun.)"""
+    from cosmos_lora.config import load_preset
+    from cosmos_lora.config.experiment import changed_keys
+
+    options = {"trainer.evaluation.fraction": 0.25, "trainer.eval_every": 1, "trainer.max_iter": 1}
+    one = evaluations(train_in_process(world, "tiny_v2w_lora", "V1", options))
+    none = evaluations(train_in_process(world, "tiny_v2w_lora", "V0", {**options, "model.video2world.eval_condition_frames": 0}))
+    saved = [load_preset(str(world.run(name) / "config.yaml")) for name in ("V1", "V0")]
+    assert changed_keys(*saved) == ["job.name", "job.run_dir", "model.video2world.eval_condition_frames"]
     assert sorted(one) == [0, 1]
     assert all(np.isfinite(float(v)) for v in one[0].values() if v)
     assert one[0]["eval_loss"] != none[0]["eval_loss"]

@@ -1,28 +1,21 @@
 """`cosmos-lora posttrain` end to end: the tiny model through real torchrun with two gloo processes.
 
-Runs are made once per module and shared between the tests that read them:
+Runs are made once and shared between the tests that read them; A and B (tests/posttrain_runs.py) once per
+session, as test_evaluation.py reads them too:
 
-    A  30 steps, lr 1e-2                          loss, frozen base, resume reference
+    A  30 steps, lr 1e-2, 2 clips held out for the eval loss   loss, frozen base, resume reference
     B  the same with 2 data loader workers, SIGTERM after the first step, then resumed with the command
        the CLI prints (the signal reaches the loader workers too, as from Slurm or a terminal)
     C  the same with a derived name, 5 steps, then `--config <run>/config.yaml --resume -- trainer.max_iter=30`
     D  --rank 4 --alpha 8 --target k --max-iter 3 --grad-accum 4, FP8 base linears (model.fp8=true)
 """
 
-import csv
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import re
-import shlex
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -37,129 +30,18 @@ from cosmos_lora.model.lora import EXTRA_TARGETS, OFFICIAL_TARGETS, add_lora, lo
 from cosmos_lora.model.tiny import TINY_DIT, TINY_TOKENIZER
 from cosmos_lora.model.tokenizer import VideoTokenizer
 from cosmos_lora.errors import EXIT_STOPPED
-from cosmos_lora.paths import Roots
-from cosmos_lora.train.state_files import load_state
-
-DATASET = "demo/shapes"
-STEPS = 30
-TRAIN = ["posttrain", "--model", "tiny", "-d", DATASET, "--nproc", "2"]
-HIGH_LR = ["--lr", "1e-2"]  # 5x the tiny preset's: 30 steps visibly fit the 8 clips
-EVERY_STEP = ["--", "trainer.log_every=1"]
+from posttrain_runs import (  # the shared runs A and B (session fixtures `world`, `run_a`, `run_b` in conftest.py)
+    A_ARGS, DATASET, EVERY_STEP, STEPS, TRAIN, adapters, assert_identical, metrics, named, read_json, sha256, train_state,
+)
 
 
-@dataclasses.dataclass
-class World:
-    roots: Roots
-    env: dict[str, str]
-    base_sha256: str
-
-    def invoke(self, *args: str):
-        result = CliRunner().invoke(app, list(args), env=self.env)
-        if result.exception and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result
-
-    def train(self, *args: str) -> Path:
-        result = self.invoke(*args)
-        assert result.exit_code == 0, result.output
-        return Path(result.stdout.strip().splitlines()[-1])
-
-    def run(self, name: str) -> Path:
-        return self.roots.outputs / "runs" / name
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def train_state(run_dir: Path) -> dict:
-    return load_state(run_dir / read_json(run_dir / "latest.json")["state"], "train_state")
-
-
-def adapters(run_dir: Path, step: int) -> tuple[dict, dict]:
-    raw, _, _ = read_adapter(run_dir / "adapters" / f"step_{step:06d}.safetensors")
-    ema, _, _ = read_adapter(run_dir / "adapters" / f"step_{step:06d}.ema.safetensors")
-    return raw, ema
-
-
-def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[0]}"
-
-
-# -- the shared runs -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def world(tiny_world, tmp_path_factory) -> World:
-    base = tmp_path_factory.mktemp("posttrain")
-    roots = Roots(tiny_world.checkpoints, base / "datasets", base / "outputs")
-    shutil.copytree(tiny_world.datasets, roots.datasets)
-    env = {"COSMOS_LORA_CHECKPOINTS": str(roots.checkpoints), "COSMOS_LORA_DATASETS": str(roots.datasets),
-           "COSMOS_LORA_OUTPUTS": str(roots.outputs)}
-    return World(roots, env, sha256(roots.checkpoints / TINY_DIT))
-
-
-@dataclasses.dataclass
-class Interrupted:
-    run_dir: Path
-    code: int
-    stderr: str
-    status: dict
-    latest: dict
-    state_files: list[str]
-
-
-@pytest.fixture(scope="module")
-def run_a(world) -> Path:
-    return world.train(*TRAIN, "--name", "A", "--max-iter", str(STEPS), *HIGH_LR, *EVERY_STEP)
-
-
-@pytest.fixture(scope="module")
-def run_b(world) -> Interrupted:
-    """Started as users start it, SIGTERM'd after its first logged step, then resumed as the CLI says."""
-    run_dir = world.run("B")
-    command = [sys.executable, "-m", "cosmos_lora", *TRAIN, "--name", "B", "--max-iter", str(STEPS), *HIGH_LR, *EVERY_STEP,
-               "dataloader_train.num_workers=2"]
-    with tempfile.TemporaryFile("w+") as log:
-        cli = subprocess.Popen(command, env={**os.environ, **world.env}, stdout=subprocess.DEVNULL, stderr=log, text=True)
-        try:
-            deadline = time.monotonic() + 120
-            while not ((run_dir / "metrics.csv").is_file() and len(metrics(run_dir)) >= 1):
-                assert cli.poll() is None and time.monotonic() < deadline, "the run ended or hung before its first step"
-                time.sleep(0.05)
-        finally:
-            cli.send_signal(signal.SIGTERM)  # the CLI forwards it to torchrun and the workers
-            cli.wait(timeout=120)
-        log.seek(0)
-        stderr = log.read()
-    interrupted = Interrupted(
-        run_dir, cli.returncode, stderr, read_json(run_dir / "status.json"), read_json(run_dir / "latest.json"),
-        sorted(p.name for p in (run_dir / "state").glob("*/*")),
-    )
-    hint = re.search(r"Resume with: (.+)", stderr)
-    assert hint, stderr[-2000:]
-    program, *args = shlex.split(hint.group(1))
-    assert program == "cosmos-lora"
-    assert args[-2:] == ["--nproc", "2"]  # the hint repeats the launch shape
-    world.train(*args)
-    return interrupted
+# -- the runs of this file -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def run_c(world) -> Path:
     """Trained to step 5, then continued to STEPS from its saved config with a new max_iter."""
-    short = world.train(*TRAIN, "--max-iter", "5", *HIGH_LR, *EVERY_STEP)
+    short = world.train(*A_ARGS[:A_ARGS.index("--max-iter")], "--max-iter", "5", *A_ARGS[A_ARGS.index("--max-iter") + 2:])
     assert read_json(short / "status.json")["step"] == 5
     resumed = world.train("posttrain", "--config", str(short / "config.yaml"), "--nproc", "2", "--resume",
                           "--", f"trainer.max_iter={STEPS}")
@@ -390,21 +272,27 @@ def test_bad_dataset_fails_before_launch_listing_every_problem(cli_env):
     assert not (cli_env.outputs / "runs").exists()  # no run folder, no config.yaml: nothing was launched
 
 
-@pytest.mark.slow
-def test_a_problem_only_the_workers_see_ends_as_one_line_without_tracebacks(world):
-    command = [sys.executable, "-m", "cosmos_lora", *TRAIN, "--name", "E", "--batch-size", "16", "--max-iter", "2"]
-    done = subprocess.run(command, env={**os.environ, **world.env}, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1
-    errors = [line for line in done.stderr.splitlines() if "Error" in line]
-    assert len(errors) == 1, done.stderr[-3000:]
-    assert "cannot fill 2 processes x batch 16" in errors[0] and "Fix:" in errors[0]
-    assert "Traceback" not in done.stderr
+def test_a_batch_the_clips_cannot_fill_is_a_user_error_of_the_workers(roots):
+    """Found by the workers, as they build the data loader (end to end, a problem only the workers see ends as
+    one line: the diverging run below)."""
+    from cosmos_lora.config.build import build_experiment
+    from cosmos_lora.distributed import Distributed, Launch
+    from cosmos_lora.errors import UserError
+    from cosmos_lora.train.launch import prepare_run_dir
+    from cosmos_lora.train.trainer import Trainer
+
+    config = build_experiment("tiny_lora", roots, DATASET, {"dataloader_train.batch_size": 16}, [], "E", Launch(2))
+    prepare_run_dir(config, resume=False)
+    with pytest.raises(UserError) as raised:
+        Trainer(config, Distributed(0, 0, 2, torch.device("cpu")))
+    assert "cannot fill 2 processes x batch 16" in str(raised.value) and raised.value.fix
+    assert "\n" not in str(raised.value)
 
 
 @pytest.mark.slow
 def test_a_run_folder_is_not_reused_unless_resuming(world, run_a):
     before = sha256(run_a / "config.yaml")
-    result = world.invoke(*TRAIN, "--name", "A", "--max-iter", str(STEPS), *HIGH_LR, *EVERY_STEP)
+    result = world.invoke(*named("A"))
     assert result.exit_code == 1 and "exists already" in result.stderr
     assert "--resume" in result.stderr and "--name NEW" in result.stderr
     changed = world.invoke("posttrain", "--config", str(run_a / "config.yaml"), "--nproc", "2", "--resume",
@@ -425,15 +313,20 @@ def test_resume_with_another_process_count_is_refused(world, run_a):
 
 
 @pytest.mark.slow
-def test_nonfinite_loss_stops_with_the_step_and_the_last_good_checkpoint(world):
-    result = world.invoke(*TRAIN, "--name", "nan", "--max-iter", "10", "--save-every", "1",
-                          "--", "optimizer.lr=1e30", "trainer.log_every=1")
+def test_nonfinite_loss_stops_with_the_step_and_the_last_good_checkpoint_in_one_line_without_tracebacks(world):
+    """A problem only the workers see (here in the middle of training) ends as one line: no worker's or
+    the launcher's traceback, in the output of every process."""
+    command = [sys.executable, "-m", "cosmos_lora", *TRAIN, "--name", "nan", "--max-iter", "10", "--save-every", "1",
+               "--", "optimizer.lr=1e30", "trainer.log_every=1"]
+    done = subprocess.run(command, env={**os.environ, **world.env}, capture_output=True, text=True, timeout=300)
     run_dir = world.run("nan")
     status = read_json(run_dir / "status.json")
-    assert result.exit_code == 1 and status["state"] == "failed"
+    assert done.returncode == 1 and status["state"] == "failed"
+    errors = [line for line in done.stderr.splitlines() if "Error" in line]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     step = status["step"]
     assert 1 < step < 10  # step 1 is finite (LoRA up starts at 0), lr 1e30 blows up what follows
-    assert re.search(rf"The loss became (nan|inf|-inf) at step {step};", result.stderr), result.stderr
-    assert f"Last good checkpoint: step {step - 1}" in result.stderr
+    assert re.search(rf"The loss became (nan|inf|-inf) at step {step};", errors[0]), done.stderr[-3000:]
+    assert f"Last good checkpoint: step {step - 1}" in errors[0] and "Fix:" in errors[0]
     assert read_json(run_dir / "latest.json")["step"] == step - 1
     assert [int(r["step"]) for r in metrics(run_dir)] == list(range(1, step))

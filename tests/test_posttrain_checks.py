@@ -120,9 +120,23 @@ def test_resume_cannot_stretch_a_cosine_schedule_and_keeps_the_config(cli_env):
     """Issue 14: 4 cosine steps, then `--resume --max-iter 8` trained steps 5-8 at lr 0 and rewrote
     config.yaml with max_iter 8 but scheduler.max_iter 4. Stretching the cosine would change the lr of
     the steps already taken, so both ways of asking for it are refused and nothing is rewritten."""
+    import torch
+
+    from cosmos_lora.config.build import build_experiment
+    from cosmos_lora.distributed import Distributed, Launch
+    from cosmos_lora.train.launch import prepare_run_dir
+    from cosmos_lora.train.trainer import Trainer
+
     cosine = ["--", "scheduler.decay=cosine", "trainer.log_every=1"]
-    first = posttrain("--name", "cos", "--max-iter", "4", "--save-every", "4", *cosine)
-    assert first.exit_code == 0, first.output
+    # trained in this process as a worker trains: what is tested here, the refusals, come before any launch
+    config = build_experiment("tiny_lora", cli_env, "demo/shapes", {"trainer.max_iter": 4, "checkpoint.save_every": 4},
+                              cosine[1:], "cos", Launch(1))
+    prepare_run_dir(config, resume=False)
+    trainer = Trainer(config, Distributed(0, 0, 1, torch.device("cpu")))
+    try:
+        assert trainer.train() == "finished"
+    finally:
+        trainer.close()
     run = cli_env.outputs / "runs" / "cos"
     lrs = [float(row["lr"]) for row in read_metrics(run)]
     assert len(lrs) == 4 and lrs[0] > lrs[-1] > 0  # the cosine ran over the 4 steps

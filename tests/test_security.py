@@ -1,21 +1,23 @@
 """Nothing from a file runs code: run folders, saved configs and datasets received from elsewhere.
 
-One tiny run (4 steps, a state at every step) is trained once through the CLI; each test resumes
-a private copy of it after planting what an attacker would, with a payload that creates a file.
+One tiny run (4 steps, a state at every step: `saved_every_step` in conftest.py) is trained once through the
+CLI; each test resumes a private copy of it after planting what an attacker would, with a payload that creates a file.
 """
 
 import json
-import os
 import pickle
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from typer.testing import CliRunner
 
+from posttrain_runs import ONE_PROCESS, ONE_PROCESS_STEPS, cosmos_lora
+
+from cosmos_lora.cli.app import app
 from cosmos_lora.config import check_targets, instantiate, load_preset
 from cosmos_lora.config.experiment import preset_names
 from cosmos_lora.errors import UserError
@@ -24,8 +26,7 @@ from cosmos_lora.paths import Roots
 from cosmos_lora.train.state_files import load_state
 
 DATASET = "demo/shapes"
-TRAIN = ["posttrain", "--model", "tiny", "-d", DATASET, "--nproc", "1", "--name", "A", "--save-every", "1"]
-STEPS = 4
+TRAIN, STEPS = ONE_PROCESS, ONE_PROCESS_STEPS  # the run of the session fixture `saved_every_step`
 
 
 class CreatesFile:
@@ -38,34 +39,26 @@ class CreatesFile:
         return open, (str(self.marker), "w")
 
 
-def cosmos_lora(roots: Roots, *args: str) -> subprocess.CompletedProcess:
-    """The CLI as users start it, in a process of its own (the workers' output included)."""
-    env = {**os.environ, "COSMOS_LORA_CHECKPOINTS": str(roots.checkpoints), "COSMOS_LORA_DATASETS": str(roots.datasets),
+def refused_before_launch(roots: Roots, *args: str) -> subprocess.CompletedProcess:
+    """The CLI called in this process, for what it refuses before starting any: a payload that ran here
+    would create its file all the same, and an exception other than the CLI's exit is a traceback."""
+    env = {"COSMOS_LORA_CHECKPOINTS": str(roots.checkpoints), "COSMOS_LORA_DATASETS": str(roots.datasets),
            "COSMOS_LORA_OUTPUTS": str(roots.outputs)}
-    return subprocess.run([sys.executable, "-m", "cosmos_lora", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    result = CliRunner().invoke(app, list(args), env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def error_lines(done: subprocess.CompletedProcess) -> list[str]:
     return [line for line in done.stderr.splitlines() if "Error" in line or "failed" in line.lower()]
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_world, tmp_path_factory) -> Roots:
-    base = tmp_path_factory.mktemp("security")
-    roots = Roots(tiny_world.checkpoints, base / "datasets", base / "outputs")
-    shutil.copytree(tiny_world.datasets, roots.datasets)
-    done = cosmos_lora(roots, *TRAIN, "--max-iter", str(STEPS), "--", f"checkpoint.keep_states={STEPS}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return roots
-
-
 @pytest.fixture
-def world(trained, tmp_path) -> Roots:
+def world(saved_every_step, tmp_path) -> Roots:
     """A private copy of the trained run (the checkpoints stay shared, read-only)."""
-    roots = Roots(trained.checkpoints, tmp_path / "datasets", tmp_path / "outputs")
-    shutil.copytree(trained.datasets, roots.datasets)
-    shutil.copytree(trained.outputs, roots.outputs)
+    roots = Roots(saved_every_step.checkpoints, tmp_path / "datasets", tmp_path / "outputs")
+    shutil.copytree(saved_every_step.datasets, roots.datasets)
+    shutil.copytree(saved_every_step.outputs, roots.outputs)
     return roots
 
 
@@ -93,34 +86,46 @@ def as_pickles(state: Path, write) -> None:
 # -- run folders ----------------------------------------------------------------------------------
 
 
-def test_a_crafted_state_pickle_runs_no_code_on_resume(world, tmp_path):
+def test_a_crafted_state_pickle_runs_no_code_and_the_resume_from_the_old_pickle_save_before_it_is_bit_exact(world, tmp_path):
+    """The newest save's pickles are an attacker's; the one before it is in the `.pt` format of run folders
+    written before: refused in one line, the resume falls back to that save and ends with the very adapters
+    the run had (issue 15: a damaged newest save)."""
     marker = tmp_path / "pwned"
     run = run_dir(world)
+    uninterrupted = final_adapters(run)
+    older = run / "state" / f"step_{STEPS - 1:06d}"
+    as_pickles(older, lambda name: load_state(older, name))
     as_pickles(run / "state" / f"step_{STEPS:06d}", lambda name: {"payload": CreatesFile(marker)})
-    done = cosmos_lora(world, *TRAIN, "--max-iter", str(STEPS + 2), "--resume")
+    done = cosmos_lora(world, *TRAIN, "--max-iter", str(STEPS), "--resume")
     assert not marker.exists(), done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    # refused in one line; the resume falls back to the save before it (issue 15: a damaged newest save)
     refusals = [line for line in done.stderr.splitlines() if "train_state.pt" in line]
     assert len(refusals) == 1, done.stderr[-3000:]
     assert "refers to io.open; refusing to run code" in refusals[0] and "the save before it" in refusals[0]
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming at step {STEPS - 1}" in done.stderr + done.stdout
+    assert_resumed_exactly(run, uninterrupted)
 
 
-@pytest.mark.parametrize("state_format", ["safetensors", "pickle from before"])
-def test_a_resume_is_bit_exact_from_either_state_format(world, state_format):
-    """Rewound to step 2 and resumed to 4, a run ends with the very adapters it had."""
+def test_a_resume_is_bit_exact(world):
+    """Rewound to step 2 and resumed to 4, a run ends with the very adapters it had. (From a save in the
+    pickle format of run folders written before: the test above.)"""
     run = run_dir(world)
-    uninterrupted = [read_adapter(run / "adapters" / f"step_{STEPS:06d}.{kind}")[0] for kind in ("safetensors", "ema.safetensors")]
+    uninterrupted = final_adapters(run)
     rewind(run, 2)
-    if state_format == "pickle from before":
-        state = run / "state" / "step_000002"
-        as_pickles(state, lambda name: load_state(state, name))
     done = cosmos_lora(world, *TRAIN, "--max-iter", str(STEPS), "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming at step 2" in done.stderr + done.stdout
-    for expected, kind in zip(uninterrupted, ("safetensors", "ema.safetensors")):
-        again = read_adapter(run / "adapters" / f"step_{STEPS:06d}.{kind}")[0]
+    assert_resumed_exactly(run, uninterrupted)
+
+
+def final_adapters(run: Path) -> list[dict]:
+    return [read_adapter(run / "adapters" / f"step_{STEPS:06d}.{kind}")[0] for kind in ("safetensors", "ema.safetensors")]
+
+
+def assert_resumed_exactly(run: Path, uninterrupted: list[dict]) -> None:
+    """The final adapters (raw and EMA) bit for bit, and a final save in today's format."""
+    for expected, again, kind in zip(uninterrupted, final_adapters(run), ("safetensors", "ema.safetensors")):
         assert expected.keys() == again.keys() and all(torch.equal(expected[k], again[k]) for k in expected), kind
     written = {p.name for p in (run / "state" / f"step_{STEPS:06d}").iterdir()}
     assert written == {"train_state.json", "train_state.safetensors", "rng_rank0.json", "rng_rank0.safetensors"}
@@ -139,7 +144,7 @@ def test_a_config_yaml_target_payload_is_refused_before_launch(world, tmp_path, 
     (run / "config.yaml").write_text(OmegaConf.to_yaml(config))
     status_before = (run / "status.json").read_text()
     args = ["posttrain", "--config", str(run / "config.yaml"), "--resume"] if how == "--config" else [*TRAIN, "--resume"]
-    done = cosmos_lora(world, *args, "--max-iter", str(STEPS + 2))
+    done = refused_before_launch(world, *args, "--max-iter", str(STEPS + 2))
     assert not marker.exists()
     assert done.returncode == 1 and "Traceback" not in done.stderr
     lines = error_lines(done)
@@ -183,7 +188,8 @@ def test_a_crafted_embedding_pickle_runs_no_code(roots, tmp_path, protocol):
     marker = tmp_path / "pwned"
     embedding = sorted((roots.dataset(DATASET) / "t5_xxl").glob("*.pickle"))[0]
     embedding.write_bytes(pickle.dumps([CreatesFile(marker)], protocol=protocol))
-    done = cosmos_lora(roots, "posttrain", "--model", "tiny", "-d", DATASET, "--nproc", "1", "--name", "B", "--max-iter", "1")
+    done = refused_before_launch(roots, "posttrain", "--model", "tiny", "-d", DATASET, "--nproc", "1", "--name", "B",
+                                 "--max-iter", "1")
     assert not marker.exists()
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert str(embedding) in done.stderr and "refers to io.open" in done.stderr

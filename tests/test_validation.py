@@ -3,13 +3,12 @@
 In one process: validation restores every RNG stream, weight, gradient and mode it touches and leaks
 no tensors, and activation-checkpointed blocks sample exactly as plain ones under no_grad.
 Through real torchrun (2 gloo processes): a run with validation ends bit-identical to the same run
-without it, and the samples are where the README says.
+without it (the shared run A of tests/posttrain_runs.py), and the samples are where the README says.
 """
 
 import csv
 import gc
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -156,45 +155,36 @@ def test_a_resume_may_change_the_validation_settings(roots):
 # -- through torchrun --------------------------------------------------------------------------------
 
 
-def torchrun_train(roots: Roots, name: str, *args: str, overrides: tuple[str, ...] = ()) -> Path:
-    env = {"COSMOS_LORA_CHECKPOINTS": str(roots.checkpoints), "COSMOS_LORA_DATASETS": str(roots.datasets),
-           "COSMOS_LORA_OUTPUTS": str(roots.outputs)}
-    result = CliRunner().invoke(app, [
-        "posttrain", "--model", "tiny", "-d", DATASET, "--nproc", "2", "--name", name, "--max-iter", "4", *args,
-        "--", "model.activation_checkpointing=1.0", "trainer.log_every=1", *overrides,
-    ], env=env)
-    assert result.exit_code == 0, result.output
-    return roots.outputs / "runs" / name
-
-
-def losses(run_dir: Path) -> list[str]:
+def training_losses(run_dir: Path) -> list[str]:
     with open(run_dir / "metrics.csv", newline="") as f:
-        return [row["loss"] for row in csv.DictReader(f)]
+        return [row["loss"] for row in csv.DictReader(f) if row["loss"]]  # evaluations are rows without one
 
 
 @pytest.mark.slow
-def test_a_run_with_validation_trains_exactly_as_one_without(tiny_world, tmp_path):
-    roots = Roots(tiny_world.checkpoints, tmp_path / "datasets", tmp_path / "outputs")
-    shutil.copytree(tiny_world.datasets, roots.datasets)
+def test_a_run_with_validation_trains_exactly_as_one_without(world, run_a, tmp_path):
+    """Run A of tests/posttrain_runs.py (2 processes, 30 steps), again with validation samples every 15 steps."""
+    from posttrain_runs import A_ARGS, STEPS
+
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
-    plain = torchrun_train(roots, "plain")
-    sampled = torchrun_train(
-        roots, "sampled", "--validate-every", "2", "--validation-prompts", str(prompts),
-        overrides=("trainer.validation.steps=3", "trainer.validation.ema=true", "trainer.validation.seeds=[0,1]"),
+    split = A_ARGS.index("--")
+    sampled = world.train(
+        *A_ARGS[:split], "--name", "sampled", "--validate-every", "15", "--validation-prompts", str(prompts),
+        *A_ARGS[split:], "trainer.validation.steps=3", "trainer.validation.ema=true", "trainer.validation.seeds=[0,1]",
     )
 
+    last = f"step_{STEPS:06d}"
     for suffix in ("safetensors", "ema.safetensors"):  # the LoRA and its EMA, bit for bit
-        a, _, _ = read_adapter(plain / "adapters" / f"step_000004.{suffix}")
-        b, _, _ = read_adapter(sampled / "adapters" / f"step_000004.{suffix}")
+        a, _, _ = read_adapter(run_a / "adapters" / f"{last}.{suffix}")
+        b, _, _ = read_adapter(sampled / "adapters" / f"{last}.{suffix}")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), suffix
     for rank in (0, 1):  # every RNG stream of every rank goes on as if no sample had been made
-        a = load_state(plain / "state" / "step_000004", f"rng_rank{rank}")
-        b = load_state(sampled / "state" / "step_000004", f"rng_rank{rank}")
+        a = load_state(run_a / "state" / last, f"rng_rank{rank}")
+        b = load_state(sampled / "state" / last, f"rng_rank{rank}")
         assert torch.equal(a["torch"], b["torch"]) and torch.equal(a["noise"], b["noise"]), rank
-    assert losses(plain) == losses(sampled) and len(losses(plain)) == 4
+    assert training_losses(run_a) == training_losses(sampled) and len(training_losses(run_a)) == STEPS
 
-    for step in (2, 4):
+    for step in (15, STEPS):
         folder = sampled / "samples" / f"step_{step:06d}"
         videos = sorted(folder.glob("*.mp4"))
         assert len(videos) == 2 * 2 * 2, videos  # 2 prompts x seeds 0 and 1 x raw and EMA weights
@@ -203,4 +193,4 @@ def test_a_run_with_validation_trains_exactly_as_one_without(tiny_world, tmp_pat
             info = probe_video(video)
             assert (info.frames, info.height, info.width) == (FRAMES, SIZE, SIZE), video
         assert [line.split("\t")[1] for line in (folder / "prompts.txt").read_text().splitlines()] == PROMPTS
-    assert not (plain / "samples").exists()
+    assert not (run_a / "samples").exists()
