@@ -113,6 +113,24 @@ def adapters(run_dir: Path, step: int) -> tuple[dict, dict]:
     return raw, ema
 
 
+def train_in_process(roots: Roots, preset: str, name: str, options: dict, overrides: list[str] = ()) -> Path:
+    """A run trained to its end in this process, as one worker trains it (`Trainer`): for tests whose
+    subject is not the launch, so they pay no torchrun start-up."""
+    from cosmos_lora.config.build import build_experiment
+    from cosmos_lora.distributed import Distributed, Launch
+    from cosmos_lora.train.launch import prepare_run_dir
+    from cosmos_lora.train.trainer import Trainer
+
+    config = build_experiment(preset, roots, DATASET, options, list(overrides), name, Launch(1))
+    prepare_run_dir(config, resume=False)
+    trainer = Trainer(config, Distributed(0, 0, 1, torch.device("cpu")))
+    try:
+        assert trainer.train() == "finished"
+    finally:
+        trainer.close()
+    return Path(config.job.run_dir)
+
+
 def make_world(tiny_world: Roots, base: Path) -> World:
     roots = Roots(tiny_world.checkpoints, base / "datasets", base / "outputs")
     shutil.copytree(tiny_world.datasets, roots.datasets)

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from cli_helpers import assert_user_error
-from posttrain_runs import EVAL_EVERY, STEPS, World, train_state  # A and B: session fixtures in conftest.py
+from posttrain_runs import EVAL_EVERY, STEPS, World, train_in_process, train_state  # A and B: session fixtures in conftest.py
 
 from cosmos_lora.data.split import held_out_clips, too_small
 
@@ -40,26 +40,8 @@ def evaluations(run_dir: Path) -> dict[int, dict[str, str]]:
 @pytest.fixture(scope="module")
 def run_s(world: World) -> Path:
     """S: trained in this process as the one worker of a 1-process launch trains."""
-    return train_in_process(world, "tiny_lora", "S", {"trainer.evaluation.fraction": 0.25, "trainer.eval_every": EVAL_EVERY,
+    return train_in_process(world.roots, "tiny_lora", "S", {"trainer.evaluation.fraction": 0.25, "trainer.eval_every": EVAL_EVERY,
                                                        "trainer.max_iter": 1})
-
-
-def train_in_process(world: World, preset: str, name: str, options: dict) -> Path:
-    import torch
-
-    from cosmos_lora.config.build import build_experiment
-    from cosmos_lora.distributed import Distributed, Launch
-    from cosmos_lora.train.launch import prepare_run_dir
-    from cosmos_lora.train.trainer import Trainer
-
-    config = build_experiment(preset, world.roots, "demo/shapes", options, [], name, Launch(1))
-    prepare_run_dir(config, resume=False)
-    trainer = Trainer(config, Distributed(0, 0, 1, torch.device("cpu")))
-    try:
-        assert trainer.train() == "finished"
-    finally:
-        trainer.close()
-    return Path(config.job.run_dir)
 
 
 def test_the_split_is_chosen_by_clip_name_and_a_small_dataset_has_none():
@@ -185,8 +167,8 @@ def test_video2world_eval_loss_is_conditioned_on_the_input_frame_and_repeats(wor
     from cosmos_lora.config.experiment import changed_keys
 
     options = {"trainer.evaluation.fraction": 0.25, "trainer.eval_every": 1, "trainer.max_iter": 1}
-    one = evaluations(train_in_process(world, "tiny_v2w_lora", "V1", options))
-    none = evaluations(train_in_process(world, "tiny_v2w_lora", "V0", {**options, "model.video2world.eval_condition_frames": 0}))
+    one = evaluations(train_in_process(world.roots, "tiny_v2w_lora", "V1", options))
+    none = evaluations(train_in_process(world.roots, "tiny_v2w_lora", "V0", {**options, "model.video2world.eval_condition_frames": 0}))
     saved = [load_preset(str(world.run(name) / "config.yaml")) for name in ("V1", "V0")]
     assert changed_keys(*saved) == ["job.name", "job.run_dir", "model.video2world.eval_condition_frames"]
     assert sorted(one) == [0, 1]

@@ -120,24 +120,12 @@ def test_resume_cannot_stretch_a_cosine_schedule_and_keeps_the_config(cli_env):
     """Issue 14: 4 cosine steps, then `--resume --max-iter 8` trained steps 5-8 at lr 0 and rewrote
     config.yaml with max_iter 8 but scheduler.max_iter 4. Stretching the cosine would change the lr of
     the steps already taken, so both ways of asking for it are refused and nothing is rewritten."""
-    import torch
-
-    from cosmos_lora.config.build import build_experiment
-    from cosmos_lora.distributed import Distributed, Launch
-    from cosmos_lora.train.launch import prepare_run_dir
-    from cosmos_lora.train.trainer import Trainer
+    from posttrain_runs import train_in_process
 
     cosine = ["--", "scheduler.decay=cosine", "trainer.log_every=1"]
     # trained in this process as a worker trains: what is tested here, the refusals, come before any launch
-    config = build_experiment("tiny_lora", cli_env, "demo/shapes", {"trainer.max_iter": 4, "checkpoint.save_every": 4},
-                              cosine[1:], "cos", Launch(1))
-    prepare_run_dir(config, resume=False)
-    trainer = Trainer(config, Distributed(0, 0, 1, torch.device("cpu")))
-    try:
-        assert trainer.train() == "finished"
-    finally:
-        trainer.close()
-    run = cli_env.outputs / "runs" / "cos"
+    run = train_in_process(cli_env, "tiny_lora", "cos", {"trainer.max_iter": 4, "checkpoint.save_every": 4}, cosine[1:])
+    assert run == cli_env.outputs / "runs" / "cos"
     lrs = [float(row["lr"]) for row in read_metrics(run)]
     assert len(lrs) == 4 and lrs[0] > lrs[-1] > 0  # the cosine ran over the 4 steps
     saved = (run / "config.yaml").read_bytes()
