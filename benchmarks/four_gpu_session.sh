@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Issues 17 and 19 on one 4-GPU host. PHASES=7b (steps 1-3: about 7 minutes on 4x H100, one device
-# call) and PHASES=14b (step 4, a call of its own: all four did not fit one 10-minute call on 2026-11-28):
+# call), PHASES=14b (step 4, a call of its own: all four did not fit one 10-minute call on 2026-11-28),
+# PHASES=warm (step 5, a call of its own: about 8 minutes):
 #   1. the fake 7B world; meanwhile, where a worker's start-up goes (import times, CUDA init)
 #   2. the users' command: one prompt, `infer --stages both`, 35 steps, --nproc 4 (multi_gpu.py infer-n)
 #   3. one 7B video on 1 GPU and on 4 (CFG x 2 token shards), 3 timed steps (one_video_many_gpus.py)
 #   4. the fake 14B world and one 14B video on 4 GPUs, 3 timed steps
+#   5. the users' command of step 2 twice in a row: cold, then with torch.compile's on-disk cache warm
+#      (what a user's second `infer` on the same machine sees)
 #
 #   RESULTS=out WORLD_ROOT=/tmp/world PHASES=7b bash benchmarks/four_gpu_session.sh
 set -u
@@ -43,6 +46,14 @@ rm -rf "$root/7b/checkpoints/Cosmos-Predict1-7B-Text2World"  # disk and page cac
 python3 "$here/fake_world.py" --root "$root/14b" --clips 1 --size 14b > "$results/world_14b.log" 2>&1
 python3 "$here/one_video_many_gpus.py" --size 14b --root "$root/14b" --out "$results/one_video_14b.json" --steps 3 \
   --variants 4cfg --timeout 200 > "$results/one_video_14b.log" 2>&1
+fi
+if [[ " $phases " == *" warm "* ]]; then
+phase "7B world, then --stages both on 4 GPUs twice (cold, warm compile cache)"
+python3 "$here/fake_world.py" --root "$root/7b" --clips 1 > "$results/world_7b.log" 2>&1
+for pass in cold warm; do
+  timeout 280 python3 "$here/multi_gpu.py" --root "$root/7b" --phase infer-n --nproc 4 --prompts 1 \
+    --out "$results/infer_both_4gpu_$pass.json" > "$results/infer_both_4gpu_$pass.log" 2>&1
+done
 fi
 kill "$sampler"
 phase "done"
