@@ -64,8 +64,9 @@ def run_plan(plan_path: Path, dist_info: Distributed) -> tuple[list[Path], Path 
     settings, jobs = load_plan(plan_path)
     if dist_info.is_main:  # the plan is written just before the launch: this is torchrun + imports + joining
         launched, now = plan_path.stat().st_mtime, time.time()
-        print(f"workers up {now - launched:.1f} s after the launch (torchrun and python {STARTED - launched:.1f} s, "
-              f"imports {IMPORTED - STARTED:.1f} s, process group {now - IMPORTED:.1f} s)", file=sys.stderr)
+        split = (f" (torchrun and python {STARTED - launched:.1f} s, imports {IMPORTED - STARTED:.1f} s, "
+                 f"process group {now - IMPORTED:.1f} s)") if STARTED >= launched else ""  # else: the CLI's process
+        print(f"workers up {now - launched:.1f} s after the launch{split}", file=sys.stderr)
     layout = video_layout(dist_info.world_size, settings.gpus_per_video, settings.cfg_parallel)
     groups = make_groups(layout, dist_info.rank) if dist_info.enabled else None
     video = groups.video if groups else 0
