@@ -321,16 +321,17 @@ def test_v2w_validation_inputs_come_from_the_held_out_clips_when_there_are_any(c
 
     from cosmos_lora.data.layout import DatasetLayout
     from cosmos_lora.data.video import read_video
-    from cosmos_lora.train.validation import first_frames, held_out
+    from cosmos_lora.data.split import excluded_from_training
+    from cosmos_lora.train.validation import first_frames
 
     dataset = cli_env.dataset("demo/shapes")
     clips = DatasetLayout(dataset).clips()
     split = OmegaConf.create({"trainer": {"evaluation": {"dataset": None, "clips": [clips[-1]]}}})
-    assert held_out(split) == [clips[-1]]
-    frames = first_frames(dataset, ["a", "b"], held_out(split))
+    assert excluded_from_training(split.trainer.evaluation) == [clips[-1]]
+    frames = first_frames(dataset, ["a", "b"], excluded_from_training(split.trainer.evaluation))
     last = read_video(DatasetLayout(dataset).video(clips[-1]), max_frames=1)[0]
     assert all(np.array_equal(f, last) for f in frames.values())
     other_dataset = OmegaConf.create({"trainer": {"evaluation": {"dataset": "x/y", "clips": [clips[-1]]}}})
-    assert held_out(other_dataset) == []  # another dataset's clips are not this one's: fall back to its own
-    assert np.array_equal(first_frames(dataset, ["a"], held_out(other_dataset))["a"],
+    assert excluded_from_training(other_dataset.trainer.evaluation) == []  # another dataset's clips are not this one's: fall back to its own
+    assert np.array_equal(first_frames(dataset, ["a"], excluded_from_training(other_dataset.trainer.evaluation))["a"],
                           read_video(DatasetLayout(dataset).video(clips[0]), max_frames=1)[0])

@@ -479,7 +479,7 @@ def _write_comparison(settings: InferSettings, job: Job, input_frames: np.ndarra
 
 
 def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, latents: torch.Tensor | None,
-                 timings: dict, base: np.ndarray | None) -> Path:
+                 timings: dict, base: np.ndarray | None) -> None:
     """The video (and latents), then `prompt.txt`, then the sidecar (what made the video, timings, and its
     `video_metrics`, with the drift from `base`): a video without its sidecar, or with an older one, counts
     as unfinished."""
@@ -492,7 +492,6 @@ def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarr
     _write_text(path.parent / "prompt.txt", job.prompt.text + "\n")
     meta = made_of(settings, job, stage) | timings | {"metrics": metrics.result()} | settings.extra_meta
     _write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
-    return path
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -19,7 +19,6 @@ values are gathered and summed in clip order in float64. Like validation, it dra
 training's RNG streams and leaves the weights bit for bit as they were.
 """
 
-import hashlib
 import math
 import statistics
 from contextlib import nullcontext
@@ -29,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from cosmos_lora.config import LazyDict, instantiate
-from cosmos_lora.data.split import smallest_splittable
+from cosmos_lora.data.split import clip_key, smallest_splittable
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.model.edm import SIGMA_DATA, TrainingCondition, training_loss
 from cosmos_lora.model.tokenizer import VideoTokenizer
@@ -64,7 +63,7 @@ def evaluation_sigmas(count: int, p_mean: float, p_std: float) -> list[float]:
 
 def noise_seed(clip: str, level: int) -> int:
     """The seed of one clip's noise at one level: from its name, so it is the same wherever the clip runs."""
-    return int.from_bytes(hashlib.sha256(f"{clip}\0{level}".encode()).digest()[:8], "big") & (2**63 - 1)
+    return clip_key(f"{clip}\0{level}") & (2**63 - 1)
 
 
 def sigma_column(sigma: float, total: str = "eval_loss") -> str:

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from cosmos_lora.config import LazyDict
 from cosmos_lora.data import video_metrics
 from cosmos_lora.data.layout import DatasetLayout
+from cosmos_lora.data.split import excluded_from_training
 from cosmos_lora.data.video import read_video, write_video
 from cosmos_lora.distributed import Distributed
 from cosmos_lora.files import atomic_write
@@ -64,7 +65,7 @@ class Validator:
         self.inputs: dict[str, np.ndarray] = {}  # Video2World: the frame each prompt's samples continue
         if dist_info.is_main and config.model.get("video2world") is not None:
             self.inputs = first_frames(Path(config.dataloader_train.dataset.root), [p.name for p in self.prompts],
-                                       held_out(config))
+                                       sorted(excluded_from_training(config.trainer.get("evaluation"))))
         if dist_info.is_main:
             text_encoder = Path(config.model.checkpoints_dir) / config.model.text_encoder
             texts = [p.text for p in self.prompts] + [p.negative for p in self.prompts]
@@ -124,12 +125,6 @@ class Validator:
     def _wait(self) -> None:
         if self.group is not None:
             dist.barrier(group=self.group)
-
-
-def held_out(config: LazyDict) -> list[str]:
-    """The training dataset's clips held out for the eval loss (none with --eval-dataset or no split)."""
-    evaluation = config.trainer.get("evaluation")
-    return [] if evaluation is None or evaluation.get("dataset") else sorted(evaluation.get("clips") or [])
 
 
 def first_frames(dataset: Path, names: list[str], prefer: list[str] = ()) -> dict[str, np.ndarray]:
