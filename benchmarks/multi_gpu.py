@@ -38,8 +38,14 @@ def environment(root: Path) -> dict:
 
 
 def cli(root: Path, *args: str) -> float:
+    """Runs the CLI; its output lines are passed on with the seconds since the launch in front (where the time went)."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cosmos_lora", *args], env=environment(root), check=True)
+    command = [sys.executable, "-m", "cosmos_lora", *args]
+    with subprocess.Popen(command, env=environment(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
+        for line in child.stdout:
+            print(f"[{time.perf_counter() - started:6.1f} s] {line.rstrip()}", flush=True)
+    if child.returncode != 0:
+        raise subprocess.CalledProcessError(child.returncode, command)
     return round(time.perf_counter() - started, 1)
 
 

@@ -60,6 +60,20 @@ def test_listing_and_help_commands_import_no_model_stack(cli_env):
     assert "r1" in seen["runs"]["output"] and "Could not reach" in seen["download --dry-run"]["output"]
 
 
+def test_the_console_command_leaves_quickly_with_its_exit_code_and_every_line_printed(cli_env):
+    """`main` ends the process with `os._exit` (quick_exit.py): the code and the buffered output still arrive."""
+    write_run(cli_env.runs, "r1")
+
+    def console(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cosmos_lora", *args], capture_output=True, text=True, timeout=120)
+
+    listed = console("runs", "--json")
+    assert listed.returncode == 0 and [run["name"] for run in json.loads(listed.stdout)["runs"]] == ["r1"], listed.stderr
+    refused = console("infer", "--num-videos", "0")
+    assert refused.returncode == 1 and "Error: --num-videos 0 is less than 1." in refused.stderr and "Fix:" in refused.stderr
+    assert console("no-such-command").returncode == 2  # click's usage error
+
+
 def test_help_shows_boolean_options_as_flags_without_a_type():
     for path in [[]] + every_command():
         result = cli(*path, "--help")

@@ -458,3 +458,37 @@ def test_background_writes_keep_their_order_raise_a_failed_write_and_drop_unstar
             threading.Timer(0.2, release.set).start()
             raise KeyboardInterrupt  # Ctrl-C while the first video is being written
     assert order == ["in progress"]  # it finished (a file is published whole); the next was dropped
+
+
+def test_the_comparison_is_encoded_beside_the_last_video_and_published_after_it_or_not_at_all(tmp_path):
+    """`job_done` counts a comparison older than a sidecar as unfinished, and one without its videos as
+    a lie: the comparison lane waits for the last stage's write before publishing, and drops its file
+    when that write failed."""
+    import concurrent.futures
+    import threading
+
+    from cosmos_lora.infer.pipeline import _write_comparison, compare_path
+    from cosmos_lora.infer.prompts import plan_jobs
+
+    settings = InferSettings(out_dir=tmp_path, dit=tmp_path / "dit.pt", tokenizer=tmp_path, text_encoder=tmp_path,
+                             pixel_chunk_duration=9, stages="both")
+    job = plan_jobs([Prompt("a red square", "red")], 1, 0)[0]
+    frames = np.full((3, 16, 16, 3), 128, np.uint8)
+    outputs = {"original": frames, "lora": frames}
+    path = compare_path(tmp_path, job)
+
+    stage_write, published = concurrent.futures.Future(), threading.Event()
+    writer = threading.Thread(target=lambda: (_write_comparison(settings, job, None, ["original", "lora"], outputs, stage_write),
+                                              published.set()))
+    writer.start()
+    assert not published.wait(1.0) and not path.exists()  # encoded, but held until the stage video is written
+    stage_write.set_result(None)
+    writer.join(30)
+    assert published.is_set() and probe_video(path).frames == 3
+
+    path.unlink()
+    failed = concurrent.futures.Future()
+    failed.set_exception(OSError("No space left on device"))
+    with pytest.raises(OSError, match="No space left"):
+        _write_comparison(settings, job, None, ["original", "lora"], outputs, failed)
+    assert list(tmp_path.rglob("*.mp4*")) == [] and not [p for p in tmp_path.rglob(".*") if p.is_file()]

@@ -18,6 +18,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
 
 from cosmos_lora.errors import EXIT_STOPPED
+from cosmos_lora.quick_exit import exit_now
 
 
 def _quiet_launcher_logs() -> None:
@@ -46,4 +47,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_now(main(sys.argv[1:]))  # the workers have exited, the rendezvous is closed: skip the interpreter's teardown

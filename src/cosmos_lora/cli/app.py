@@ -8,6 +8,7 @@ from cosmos_lora.cli import demo, download, embed, export, infer, merge, posttra
 from cosmos_lora.cli.flags import Cli
 from cosmos_lora.cli.output import guarded
 from cosmos_lora.paths import Roots
+from cosmos_lora.quick_exit import exit_now
 from cosmos_lora.torch_version import check_torch
 
 app = Cli(
@@ -37,7 +38,13 @@ for module in (download, prepare, embed, posttrain, infer, export, merge, runs, 
 
 
 def main() -> None:
-    app()
+    """The console command (`cosmos-lora`, `python -m cosmos_lora`); tests call `app` itself."""
+    try:
+        app()
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    exit_now(code)  # the command is done, its files written: skip the interpreter's teardown of torch
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import safetensors.torch
 import torch
 
 from cosmos_lora.data import video_metrics
-from cosmos_lora.data.video import side_by_side, write_video
+from cosmos_lora.data.video import VideoWriter, side_by_side, write_video
 from cosmos_lora.errors import UserError
 from cosmos_lora.files import atomic_write
 from cosmos_lora.infer.html import write_index
@@ -394,7 +394,8 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
               f"{time.perf_counter() - embedded:.1f} s", file=sys.stderr)
     stages = STAGES[settings.stages]
     written, failed = [], []
-    with progress_bar(show_progress) as progress, BackgroundWrites() as writes:
+    # two lanes: the last stage's video and the comparison are encoded at once (each ffmpeg takes seconds)
+    with progress_bar(show_progress) as progress, BackgroundWrites() as writes, BackgroundWrites() as comparisons:
         videos_task = progress.add_task("videos", total=len(todo) * len(stages))
         steps_task = progress.add_task("steps", total=settings.steps)
 
@@ -426,10 +427,11 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
                     kept = latents.float().cpu() if settings.save_latents else None
                     written.append(video_path(settings.out_dir, stage, job))
                     note = f"video {len(written)}/{len(todo) * len(stages)} ({timings['seconds']:.0f} s): {written[-1]}"
-                    writes.submit(_write_stage, settings, job, stage, outputs[stage], kept, timings, base,
-                                  done=lambda note=note: progress.note(note))
+                    last_write = writes.submit(_write_stage, settings, job, stage, outputs[stage], kept, timings, base,
+                                               done=lambda note=note: progress.note(note))
             if len(stages) == 2 and len(outputs) == 2 and generator.writes:
-                writes.submit(_write_comparison, settings, job, generator.input_frames, stages, outputs)
+                comparisons.submit(_write_comparison, settings, job, generator.input_frames, stages, outputs, last_write,
+                                   done=lambda job=job: progress.note(f"comparison: {compare_path(settings.out_dir, job)}"))
     if failed:
         raise UserError(
             f"{len(failed)} of {len(todo)} jobs went NaN/inf while sampling (listed above); their videos were not written.",
@@ -439,23 +441,24 @@ def run_jobs(settings: InferSettings, jobs: list[Job], device: torch.device, sho
 
 
 class BackgroundWrites:
-    """Finished videos are encoded, measured and written on one thread while the GPUs sample the next
-    (5-14 s of CPU per 121x704x1280 video, mostly ffmpeg and the video metrics), in the order given, so
-    a sidecar still follows its video. Leaving waits for every write and raises the first one that
-    failed; leaving on an error or a stop (Ctrl-C, SIGTERM) lets the write in progress finish (each
-    file is published whole) and drops the ones not started."""
+    """Finished videos are encoded, measured and written on a thread while the GPUs sample the next
+    (5-14 s of CPU per 121x704x1280 video, mostly ffmpeg and the video metrics), in the order given.
+    Leaving waits for every write and raises the first one that failed; leaving on an error or a stop
+    (Ctrl-C, SIGTERM) lets the write in progress finish (each file is published whole) and drops the
+    ones not started."""
 
     def __init__(self):
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="video-writes")
         self.pending: list[Future] = []
 
-    def submit(self, write, *args, done=None) -> None:
+    def submit(self, write, *args, done=None) -> Future:
         def run():
             write(*args)
             if done is not None:
                 done()
 
         self.pending.append(self.pool.submit(run))
+        return self.pending[-1]
 
     def __enter__(self) -> "BackgroundWrites":
         return self
@@ -467,15 +470,21 @@ class BackgroundWrites:
                 future.result()
 
 
-def _write_comparison(settings: InferSettings, job: Job, input_frames: np.ndarray | None, stages, outputs: dict) -> None:
-    """The stages side by side; a Video2World comparison starts with the input it continues."""
+def _write_comparison(settings: InferSettings, job: Job, input_frames: np.ndarray | None, stages, outputs: dict,
+                      last_stage_write: Future) -> None:
+    """The stages side by side; a Video2World comparison starts with the input it continues. Encoded while
+    the last stage's video is written, published after it (`job_done` counts a comparison older than a
+    sidecar as unfinished); not at all if that write failed."""
     videos, labels = [outputs[s] for s in stages], [STAGE_LABELS[s] for s in stages]
     if input_frames is not None:
         length, height, width = videos[0].shape[:3]
         videos.insert(0, input_panel(input_frames, length, height, width))
         labels.insert(0, f"input: last {settings.num_input_frames} frame(s)" if settings.input_kind == "video" else "input image")
+    frames = side_by_side(videos, labels)
     # a viewing aid twice as wide as a video: encoded 2.6x faster at the same quality (a larger file)
-    write_video(compare_path(settings.out_dir, job), side_by_side(videos, labels), settings.fps, preset="veryfast")
+    with VideoWriter(compare_path(settings.out_dir, job), frames.shape[1], frames.shape[2], settings.fps, preset="veryfast") as writer:
+        writer.write(frames)
+        last_stage_write.result()  # raises (and the comparison is dropped) if that write failed
 
 
 def _write_stage(settings: InferSettings, job: Job, stage: str, frames: np.ndarray, latents: torch.Tensor | None,

@@ -21,6 +21,7 @@ from cosmos_lora.files import atomic_write, require_writable
 from cosmos_lora.infer.pipeline import RERUN_MAY_CHANGE, InferSettings, dit_fingerprint, finish, job_done, run_jobs
 from cosmos_lora.infer.prompts import Job, Prompt, plan_jobs, shard
 from cosmos_lora.model.parallel import make_groups, video_layout
+from cosmos_lora.quick_exit import exit_now
 
 IMPORTED = time.time()
 PLAN = "plan.json"
@@ -93,4 +94,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_now(main(sys.argv[1:]))  # the launcher waits for every worker: skip the interpreter's teardown
