@@ -150,6 +150,39 @@ def test_a_video_group_loads_t5_once_and_every_process_gets_the_leaders_embeddin
             assert torch.equal(tensor, torch.full((4, 2), float(100 * leader + len(text)))), (rank, text)
 
 
+def _eight_worker(rank: int, init_file: str, results) -> None:
+    """One of 8 processes making one video as an 8-GPU machine does by default (issue 20's layout)."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=8)
+    try:
+        net, (noise, cond, uncond) = _network(), _inputs()
+        layout = choose_layout(8, 1, heads=FOUR_HEADS.num_attention_heads, tokens=48)
+        groups = make_groups(layout, rank)
+        parallelize(net, groups)
+        results.put((rank, (layout, sample_latents(net, noise, cond, uncond, steps=3, guidance=7.0, cfg=cfg_split(groups)))))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_eight_processes_make_one_video_as_cfg_branches_of_four_token_shards_with_the_latents_of_one(tmp_path):
+    """What `infer --nproc 8` does with one prompt (8 GPUs are not lent to us: gloo CPU processes stand in)."""
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=_eight_worker, args=(rank, str(tmp_path / "init"), results)) for rank in range(8)]
+    for process in processes:
+        process.start()
+    outputs = dict(results.get(timeout=300) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    reference = _reference()
+    for rank, (layout, latents) in outputs.items():
+        assert (layout.per_video, layout.sequence_size, layout.cfg_parallel) == (8, 4, True)
+        assert (latents - reference).abs().max().item() < TOLERANCE, rank
+        assert torch.equal(latents, outputs[0][1]), rank  # the 8 processes agree bit for bit
+
+
 def test_a_wrong_split_is_visible():
     """The tolerance is meaningful: one token shard in the wrong place changes the output by order 1."""
     net, (noise, cond, uncond) = _network(), _inputs()
