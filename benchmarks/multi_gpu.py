@@ -142,7 +142,8 @@ def _any_adapter(root: Path, name: str) -> Path:
     import torch
 
     from cosmos_lora.model.checkpoint import read_official_checkpoint, unwrap_container
-    from cosmos_lora.model.dit import build_dit, size_from_state_dict
+    from cosmos_lora.model.dit import build_dit
+    from cosmos_lora.model.sizes import size_from_state_dict
     from cosmos_lora.model.lora import save_adapter, spec_for
 
     dit = next(p for p in sorted((root / "checkpoints").rglob("model.pt")))

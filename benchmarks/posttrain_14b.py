@@ -282,7 +282,7 @@ def main() -> None:
         return child(args)
 
     started = time.perf_counter()
-    from cosmos_lora.model.dit import DIT_SIZES
+    from cosmos_lora.model.sizes import DIT_SIZES
 
     size = DIT_SIZES[args.size if args.size == "14b" else "tiny"]
     tokens = 16 * 88 * 160 // 4 if args.size == "14b" else 3 * 8 * 8 // 4

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from cosmos_lora.cli.app import app
 from cosmos_lora.config import load_preset
 from cosmos_lora.model.checkpoint import load_official_dit
-from cosmos_lora.model.dit import DIT_SIZES, build_dit, configure_blocks, size_from_state_dict
+from cosmos_lora.model.dit import build_dit, configure_blocks
 from cosmos_lora.model.lora import add_lora, lora_parameters, read_adapter, spec_for
+from cosmos_lora.model.sizes import DIT_SIZES, size_from_state_dict
 from cosmos_lora.model.tiny import write_tiny_dit
 
 TINY14B_DIT = "cosmos-lora-tiny/Cosmos-Predict1-Tiny14B-Text2World/model.pt"

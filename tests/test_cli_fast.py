@@ -60,6 +60,56 @@ def test_listing_and_help_commands_import_no_model_stack(cli_env):
     assert "r1" in seen["runs"]["output"] and "Could not reach" in seen["download --dry-run"]["output"]
 
 
+MODEL_STACK = ("diffusers", "peft", "transformers", "torch._dynamo")  # the workers' imports, seconds each
+
+
+def test_infer_checks_and_plans_without_importing_the_model_stack(cli_env, tmp_path):
+    """Everything `infer` does in its own process, before torchrun starts the workers (the checkpoint and
+    adapter checks, the plan), imports no diffusers, peft, transformers or torch._dynamo: in a fresh
+    interpreter, an adapter too wide for the tiny DiT is refused by `check_model`, then a good command
+    writes plan.json and reaches the launch (stubbed here: the workers are another process)."""
+    import torch
+
+    from cosmos_lora.model.lora import save_adapter, spec_for
+
+    spec = spec_for(2, rank=4, scale=1.0)  # the tiny DiT's 2 blocks; its layers map 64 (or 32) -> 64 features
+    wide = {f"{module}.lora_{ab}.weight": torch.zeros((4, 128) if ab == "A" else (128, 4))
+            for module in spec.module_names() for ab in "AB"}
+    save_adapter(tmp_path / "wide.safetensors", wide, spec)
+    refused = ["infer", "--model", "tiny", "--lora", str(tmp_path / "wide.safetensors"), "-p", "x", "--steps", "2"]
+    planned = ["infer", "--model", "tiny", "--stages", "original", "-p", "x", "--steps", "2", "--nproc", "2", "--name", "t"]
+    script = textwrap.dedent(f"""
+        import json, sys
+        from typer.testing import CliRunner
+        import cosmos_lora.distributed
+        from cosmos_lora.cli.app import app
+
+        launched = []
+
+        class Finished:
+            def raise_unless_finished(self, *why):
+                pass
+
+        cosmos_lora.distributed.launch = lambda module, args, how: launched.append([module, *args]) or Finished()
+        seen = []
+        for args in ({refused!r}, {planned!r}):
+            result = CliRunner().invoke(app, args)
+            seen.append({{"exit": result.exit_code, "output": result.output,
+                          "stack": [m for m in {MODEL_STACK!r} if m in sys.modules]}})
+        print(json.dumps({{"seen": seen, "launched": launched}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout.splitlines()[-1])
+    (wide_refused, plan_written), plan = outcome["seen"], cli_env.outputs / "infer" / "t" / "plan.json"
+    assert wide_refused["exit"] == 1 and "does not fit the base model" in wide_refused["output"], wide_refused["output"]
+    assert "128 -> 128 features" in wide_refused["output"] and "Traceback" not in wide_refused["output"]
+    assert plan_written["exit"] == 0, plan_written["output"]
+    assert outcome["launched"] == [["cosmos_lora.infer.run", str(plan)]] and plan.is_file()
+    for result in outcome["seen"]:
+        assert result["stack"] == [], f"`cosmos-lora infer` imports {result['stack']} before it launches the workers"
+
+
 def test_the_console_command_leaves_quickly_with_its_exit_code_and_every_line_printed(cli_env):
     """`main` ends the process with `os._exit` (quick_exit.py): the code and the buffered output still arrive."""
     write_run(cli_env.runs, "r1")

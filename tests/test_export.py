@@ -263,7 +263,8 @@ MEMORY_SCRIPT = textwrap.dedent("""
 def test_merge_streams_holding_far_less_than_a_naive_load(tmp_path):
     """A 250 MB bf16 base (width 1024, 6 blocks): the peak RSS growth of each approach, in fresh processes."""
     from cosmos_lora.model.checkpoint import official_state_dict
-    from cosmos_lora.model.dit import DiTSize, build_dit
+    from cosmos_lora.model.dit import build_dit
+    from cosmos_lora.model.sizes import DiTSize
     from cosmos_lora.model.edm import LogVarHead
 
     meta = official_state_dict(build_dit(DiTSize(num_attention_heads=8, attention_head_dim=128, num_layers=6), device="meta"), LogVarHead())

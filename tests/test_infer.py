@@ -22,8 +22,9 @@ from cosmos_lora.cli.app import app
 from cosmos_lora.config import load_preset, resolved, save_config
 from cosmos_lora.data.video import probe_video, read_video
 from cosmos_lora.distributed import Distributed
-from cosmos_lora.infer.pipeline import InferSettings, StackedLora, Text2WorldGenerator
+from cosmos_lora.infer.pipeline import Text2WorldGenerator
 from cosmos_lora.infer.prompts import plan_jobs, shard
+from cosmos_lora.infer.settings import InferSettings, StackedLora
 from cosmos_lora.model import lora_formats
 from cosmos_lora.model.prompts import DEFAULT_NEGATIVE_PROMPT, Prompt, prompt_folder
 from cosmos_lora.model.checkpoint import load_official_dit
@@ -467,8 +468,9 @@ def test_the_comparison_is_encoded_beside_the_last_video_and_published_after_it_
     import concurrent.futures
     import threading
 
-    from cosmos_lora.infer.pipeline import _write_comparison, compare_path
+    from cosmos_lora.infer.pipeline import _write_comparison
     from cosmos_lora.infer.prompts import plan_jobs
+    from cosmos_lora.infer.settings import compare_path
 
     settings = InferSettings(out_dir=tmp_path, dit=tmp_path / "dit.pt", tokenizer=tmp_path, text_encoder=tmp_path,
                              pixel_chunk_duration=9, stages="both")

@@ -7,12 +7,13 @@ import torch
 
 from cosmos_lora.errors import UserError
 from cosmos_lora.model.checkpoint import load_official_dit, official_state_dict, official_to_diffusers
-from cosmos_lora.model.dit import DIT_SIZES, build_dit, size_from_state_dict
+from cosmos_lora.model.dit import build_dit
 from cosmos_lora.model.edm import LogVarHead
 from cosmos_lora.model.lora import (
     LoraSpec, add_lora, from_official, load_lora_state, lora_state_dict, read_adapter, save_adapter, spec_for,
     to_official,
 )
+from cosmos_lora.model.sizes import DIT_SIZES, size_from_state_dict
 
 
 def test_every_official_7b_key_maps_onto_the_meta_7b(fixtures_dir):

@@ -18,10 +18,12 @@ import torch.multiprocessing as mp
 
 from cosmos_lora.errors import UserError
 from cosmos_lora.infer.prompts import Job
-from cosmos_lora.model.dit import DiTSize, build_dit
+from cosmos_lora.infer.settings import InferSettings
+from cosmos_lora.model.dit import build_dit
 from cosmos_lora.model.parallel import SequenceParallel, VideoLayout, cfg_split, check_layout, choose_layout, make_groups, parallelize
 from cosmos_lora.model.prompts import Prompt
 from cosmos_lora.model.sampler import sample_latents
+from cosmos_lora.model.sizes import DiTSize
 
 # 4 heads so that 4 processes can split them; tokens 3x4x4 = 48: shards of 12 cross frame boundaries
 FOUR_HEADS = DiTSize(num_attention_heads=4, attention_head_dim=16, num_layers=2, text_embed_dim=32, adaln_lora_dim=16,
@@ -87,7 +89,7 @@ def _embed_in_video_groups(rank: int) -> tuple[int, dict]:
 
     pipeline.embed_texts = t5_stand_in  # this spawned process's own module
     groups = make_groups(VideoLayout(4, 2, True), rank)
-    settings = pipeline.InferSettings(out_dir=Path("out"), dit=Path("dit"), tokenizer=Path("tok"), text_encoder=Path("t5"))
+    settings = InferSettings(out_dir=Path("out"), dit=Path("dit"), tokenizer=Path("tok"), text_encoder=Path("t5"))
     jobs = [Job(Prompt("a red square", "red", negative="blurry"), 0), Job(Prompt("a blue disc", "blue", negative="blurry"), 0)]
     embeddings = pipeline.embed_prompts(settings, jobs, torch.device("cpu"), groups)
     return len(loads), embeddings

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from cosmos_lora.model.checkpoint import load_official_dit, official_state_dict
-from cosmos_lora.model.dit import DIT_SIZES, build_dit, size_from_state_dict
+from cosmos_lora.model.dit import build_dit
 from cosmos_lora.model.edm import LogVarHead
+from cosmos_lora.model.sizes import DIT_SIZES, size_from_state_dict
 
 
 def test_the_7b_video2world_layout_is_the_7b_with_a_72_wide_patch_embedding(fixtures_dir):

@@ -41,9 +41,10 @@ def demo(
     from cosmos_lora.data.synthetic import make_synthetic_dataset
     from cosmos_lora.distributed import Launch, init_distributed, visible_gpus
     from cosmos_lora.infer.adapters import from_run
-    from cosmos_lora.infer.pipeline import InferSettings, StackedLora
+    from cosmos_lora.infer.plan import save_plan
     from cosmos_lora.infer.prompts import read_prompts
-    from cosmos_lora.infer.run import run_plan, save_plan
+    from cosmos_lora.infer.run import run_plan
+    from cosmos_lora.infer.settings import InferSettings, StackedLora
     from cosmos_lora.model.tiny import write_tiny_checkpoints
     from cosmos_lora.train.launch import posttrain
     from cosmos_lora.train.runs import evaluation_rows, read_metrics

@@ -64,13 +64,13 @@ def infer(
     """
     from cosmos_lora.cli.lora_option import parse_weighted
     from cosmos_lora.distributed import Launch, default_nproc, external_launch, launch
-    from cosmos_lora.infer.pipeline import InferSettings, StackedLora, check_model, check_settings, job_done, video_tokens
+    from cosmos_lora.infer.plan import save_plan
     from cosmos_lora.infer.prompts import STAGES, plan_jobs, read_prompts
-    from cosmos_lora.infer.run import save_plan
+    from cosmos_lora.infer.settings import InferSettings, StackedLora, check_model, check_settings, job_done, video_tokens
     from cosmos_lora.model.parallel import choose_layout
     from cosmos_lora.model import lora_formats
     from cosmos_lora.model.checkpoint import locate_dit
-    from cosmos_lora.model.dit import size_name
+    from cosmos_lora.model.sizes import size_name
 
     _check_options(stages, run, dit, step, model, num_videos, seed, nproc, name, gpus_per_video)
     input_kind, input_file = _video2world_input(image, video, num_input_frames)
@@ -159,9 +159,9 @@ def _model_and_adapters(roots, run, step, ema, model, dit_file, weighted, lora_s
     of the LoRA stage with the weight it goes in with (the run's at 1, then each --lora)."""
     from cosmos_lora.config import load_preset
     from cosmos_lora.infer.adapters import from_run
-    from cosmos_lora.infer.pipeline import read_dit
+    from cosmos_lora.infer.settings import read_dit
     from cosmos_lora.model.adapter_files import from_file
-    from cosmos_lora.model.dit import size_name
+    from cosmos_lora.model.sizes import size_name
     from cosmos_lora.run_folder import RunFolder
 
     adapters = []

@@ -153,9 +153,9 @@ def dit_text_width(dit: Path) -> int:
 
 
 def dit_size(dit: Path):
-    """The architecture (`model.dit.DiTSize`) of the DiT checkpoint at `dit` (read memory-mapped)."""
+    """The architecture (`model.sizes.DiTSize`) of the DiT checkpoint at `dit` (read memory-mapped)."""
     from cosmos_lora.model.checkpoint import read_official_checkpoint, unwrap_container
-    from cosmos_lora.model.dit import size_from_state_dict
+    from cosmos_lora.model.sizes import size_from_state_dict
 
     try:
         return size_from_state_dict(unwrap_container(read_official_checkpoint(dit)))

@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 
 from cosmos_lora.errors import UserError, load_failure
 from cosmos_lora.model import lora_formats
-from cosmos_lora.model.dit import LATENT_CHANNELS, PATCH_VOLUME
+from cosmos_lora.model.sizes import LATENT_CHANNELS, PATCH_VOLUME
 from cosmos_lora.model.lora import FORMAT, LoraSpec, adapter_summary, from_official, read_adapter
 
 OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt")

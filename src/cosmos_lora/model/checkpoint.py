@@ -9,12 +9,16 @@ Post-trained checkpoints nest it as `{"model": ..., "ema": ...}` and add LoRA ke
 import hashlib
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from cosmos_lora.errors import UserError, load_failure
-from cosmos_lora.model.dit import CosmosDiT, build_dit, size_from_state_dict
 from cosmos_lora.model.edm import LogVarHead
+from cosmos_lora.model.sizes import size_from_state_dict
+
+if TYPE_CHECKING:
+    from cosmos_lora.model.dit import CosmosDiT
 
 # (official name without `net.`, diffusers name); {n} block index, {i} one digit, {p} the rest
 _BLOCK = "blocks.block{n}.blocks"
@@ -142,8 +146,10 @@ def split_official_state(state: dict[str, torch.Tensor]):
 
 def load_official_dit(
     path: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
-) -> tuple[CosmosDiT, LogVarHead]:
+) -> tuple["CosmosDiT", LogVarHead]:
     """Builds the DiT on the meta device and assigns the checkpoint's tensors: never two copies."""
+    from cosmos_lora.model.dit import build_dit  # diffusers: only where a network is built, not for reading files
+
     state = unwrap_container(read_official_checkpoint(path))
     network, logvar_state, _, unknown = split_official_state(state)
     net = build_dit(size_from_state_dict(state), device="meta")
@@ -168,7 +174,7 @@ def load_official_dit(
     return net, logvar
 
 
-def official_state_dict(net: CosmosDiT, logvar: LogVarHead) -> dict[str, torch.Tensor]:
+def official_state_dict(net: "CosmosDiT", logvar: LogVarHead) -> dict[str, torch.Tensor]:
     """Our weights under the official names, as a released `model.pt` holds them."""
     state = {diffusers_to_official(k): v for k, v in net.state_dict().items()}
     positions = max(s // p for s, p in zip(net.config.max_size, net.config.patch_size))

@@ -17,14 +17,20 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cosmos_lora.errors import UserError
 from cosmos_lora.files import publishing
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
+# peft is imported only where LoRA layers are added or read off a network: files and specs are read
+# without it (the CLI checks adapters before any model is built).
 
 OFFICIAL_TARGETS = ("attn1.to_q", "attn1.to_v", "attn2.to_q", "attn2.to_v")
 EXTRA_TARGETS = {
@@ -46,7 +52,9 @@ class LoraSpec:
     def module_names(self) -> list[str]:
         return [f"transformer_blocks.{b}.{t}" for b in self.blocks for t in self.targets]
 
-    def peft_config(self) -> LoraConfig:
+    def peft_config(self) -> "LoraConfig":
+        from peft import LoraConfig
+
         return LoraConfig(
             r=self.rank,
             lora_alpha=self.scale * self.rank,
@@ -116,6 +124,8 @@ def lora_parameters(net: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 def lora_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     """LoRA tensors under peft's adapter-free names (`...to_q.lora_A.weight`), detached copies."""
+    from peft.utils import get_peft_model_state_dict
+
     state = get_peft_model_state_dict(net, adapter_name=ADAPTER_NAME)
     return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
@@ -134,6 +144,8 @@ def load_lora_state(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
             f"The adapter does not match the model's LoRA layers: missing {missing[:3]}, unexpected {extra[:3]}.",
             "rebuild the LoRA from the adapter's own spec (read_adapter) before loading it.",
         )
+    from peft.utils import set_peft_model_state_dict
+
     result = set_peft_model_state_dict(net, state, adapter_name=ADAPTER_NAME)
     if getattr(result, "unexpected_keys", None):
         raise UserError(f"peft could not place {result.unexpected_keys[:3]}.", "check the adapter file.")

@@ -29,7 +29,7 @@ from cosmos_lora.errors import UserError
 from cosmos_lora.model.checkpoint import (
     LORA_MARKER, diffusers_to_official, read_official_checkpoint, split_official_state, unwrap_container,
 )
-from cosmos_lora.model.dit import OFFICIAL_MODEL, size_from_state_dict, size_name
+from cosmos_lora.model.sizes import OFFICIAL_MODEL, size_from_state_dict, size_name
 from cosmos_lora.model.lora import LoraSpec
 from cosmos_lora.files import publishing
 

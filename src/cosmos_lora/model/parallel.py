@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.embeddings import apply_rotary_emb
 
 from cosmos_lora.errors import UserError
 
@@ -223,7 +221,12 @@ class UlyssesSelfAttention:
     """
 
     def __init__(self, group: dist.ProcessGroup, size: int):
+        # diffusers only where a network is split: the CLI chooses the layout (above) without importing it
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.embeddings import apply_rotary_emb
+
         self.group, self.size = group, size
+        self.attend, self.rotate = dispatch_attention_fn, apply_rotary_emb
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         if encoder_hidden_states is not None or attention_mask is not None:
@@ -234,15 +237,15 @@ class UlyssesSelfAttention:
                              for proj in (attn.to_q, attn.to_k, attn.to_v))  # [B, H, S/K, D]
         query, key = attn.norm_q(query), attn.norm_k(key)
         if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
-            key = apply_rotary_emb(key, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
+            query = self.rotate(query, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
+            key = self.rotate(key, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
         qkv = torch.stack([query, key, value]).transpose(2, 3)  # [3, B, S/K, H, D]
         three, batch, local, heads, dim = qkv.shape
         # tokens -> heads: head group j goes to process j, which gets every process's tokens of it
         qkv = qkv.view(three, batch, local, k, heads // k, dim).permute(3, 0, 1, 2, 4, 5)  # [K, 3, B, S/K, H/K, D]
         qkv = _all_to_all(qkv, self.group).permute(1, 2, 0, 3, 4, 5)  # [3, B, K (token piece), S/K, H/K, D]
         query, key, value = qkv.reshape(three, batch, k * local, heads // k, dim).unbind(0)  # [B, S, H/K, D]
-        out = dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
+        out = self.attend(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
         # heads -> tokens
         out = out.view(batch, k, local, heads // k, dim).transpose(0, 1)  # [K (token piece), B, S/K, H/K, D]
         out = _all_to_all(out, self.group).permute(1, 2, 0, 3, 4)  # [B, S/K, K (head group), H/K, D]

@@ -93,7 +93,7 @@ def check_inputs(config: LazyDict, resume: bool = False, launch: Launch | None =
 
 
 def check_checkpoints(config: LazyDict):
-    """The DiT and tokenizer are there; returns the DiT's size (`model.dit.DiTSize`)."""
+    """The DiT and tokenizer are there; returns the DiT's size (`model.sizes.DiTSize`)."""
     checkpoints = Path(config.model.checkpoints_dir)
     dit = checkpoints / config.model.dit
     if not dit.is_file():
