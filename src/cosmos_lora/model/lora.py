@@ -16,7 +16,6 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import torch
