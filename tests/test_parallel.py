@@ -98,10 +98,16 @@ def _embed_in_video_groups(rank: int) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def four_processes(tmp_path_factory):
     """Each of 4 processes' latents for every layout in LAYOUTS (one spawn for all of them)."""
+    init_file = str(tmp_path_factory.mktemp("rendezvous") / "init")
+    return _spawn(lambda rank, results: (_worker, (rank, 4, init_file, results)), 4)
+
+
+def _spawn(target_of, world: int) -> dict:
+    """`world` spawned processes; `target_of(rank, queue)` gives each one's (function, args), which puts
+    (rank, result) on the queue. Returns rank -> result once every process has exited cleanly."""
     context = mp.get_context("spawn")
     results = context.Queue()
-    init_file = str(tmp_path_factory.mktemp("rendezvous") / "init")
-    processes = [context.Process(target=_worker, args=(rank, 4, init_file, results)) for rank in range(4)]
+    processes = [context.Process(target=target, args=args) for target, args in (target_of(r, results) for r in range(world))]
     for process in processes:
         process.start()
     outputs = dict(results.get(timeout=300) for _ in processes)
@@ -169,15 +175,7 @@ def _eight_worker(rank: int, init_file: str, results) -> None:
 @pytest.mark.slow
 def test_eight_processes_make_one_video_as_cfg_branches_of_four_token_shards_with_the_latents_of_one(tmp_path):
     """What `infer --nproc 8` does with one prompt (8 GPUs are not lent to us: gloo CPU processes stand in)."""
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    processes = [context.Process(target=_eight_worker, args=(rank, str(tmp_path / "init"), results)) for rank in range(8)]
-    for process in processes:
-        process.start()
-    outputs = dict(results.get(timeout=300) for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    outputs = _spawn(lambda rank, results: (_eight_worker, (rank, str(tmp_path / "init"), results)), 8)
     reference = _reference()
     for rank, (layout, latents) in outputs.items():
         assert (layout.per_video, layout.sequence_size, layout.cfg_parallel) == (8, 4, True)
