@@ -4,8 +4,9 @@
 
 Each measurement is a fresh interpreter: `before` imports what the CLI imported until 2026-11-28 (the
 whole inference pipeline: diffusers, peft, transformers, torch._dynamo), `now` the modules its checks
-and plan import today (tests/test_cli_fast.py checks that they load none of those four), `worker` what
-each worker imports, `torch` is `import torch` alone for scale. The figure is the median wall time of the import statement.
+and plan import today (tests/test_cli_fast.py checks that they load none of those four), `worker`
+what each worker imports, `torch` is `import torch` alone for scale. The figure is the median wall
+time of the import statement.
 """
 
 import argparse

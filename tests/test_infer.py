@@ -469,7 +469,6 @@ def test_the_comparison_is_encoded_beside_the_last_video_and_published_after_it_
     import threading
 
     from cosmos_lora.infer.pipeline import _write_comparison
-    from cosmos_lora.infer.prompts import plan_jobs
     from cosmos_lora.infer.settings import compare_path
 
     settings = InferSettings(out_dir=tmp_path, dit=tmp_path / "dit.pt", tokenizer=tmp_path, text_encoder=tmp_path,

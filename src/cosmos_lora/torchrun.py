@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
                   "out of host memory, or stopped from outside.", file=sys.stderr)
             return 1
         return failure.exitcode
-    except SignalException as error:  # the workers got the signal too and have stopped
+    except SignalException:  # the workers got the signal too and have stopped
         return EXIT_STOPPED
     return 0
 

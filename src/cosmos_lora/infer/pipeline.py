@@ -211,8 +211,9 @@ class BackgroundWrites:
             if done is not None:
                 done()
 
-        self.pending.append(self.pool.submit(run))
-        return self.pending[-1]
+        future = self.pool.submit(run)
+        self.pending.append(future)
+        return future
 
     def __enter__(self) -> "BackgroundWrites":
         return self
